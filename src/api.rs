@@ -1,0 +1,77 @@
+//! The Rust-level operations: validate, then hand to the context's backend. The C ABI in
+//! src/ffi is a thin shell over these; Rust callers and the tests use them directly.
+
+use crate::context::{Backend, Context};
+use crate::cpu;
+use crate::error::{bail, Result};
+use crate::params::*;
+
+fn cpu_only(ctx: &Context, what: &str) -> Result<()> {
+    match &ctx.backend {
+        Backend::Cpu => Ok(()),
+        Backend::Cuda(dev) => Err(dev.unsupported(what)),
+    }
+}
+
+fn check_precision(ctx: &Context, cfg: &Config) -> Result<()> {
+    if cfg.precision == Precision::F64 && !matches!(ctx.backend, Backend::Cpu) {
+        bail!(Unsupported, "config.precision = DASHATTN_PRECISION_F64 is a CPU-backend reference mode");
+    }
+    Ok(())
+}
+
+pub fn forward_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k: &Tensor, v: &Tensor, pooled_k: Option<&Tensor>) -> Result<usize> {
+    check_precision(ctx, cfg)?;
+    let dims = attn_dims(cfg, q, k, v, pooled_k)?;
+    cpu_only(ctx, "forward")?;
+    cpu::forward_workspace_size(cfg, &dims, pooled_k.is_some())
+}
+
+pub fn forward(ctx: &Context, cfg: &Config, a: &ForwardArgs, ws: Workspace) -> Result<()> {
+    check_precision(ctx, cfg)?;
+    let dims = a.validate(cfg)?;
+    cpu_only(ctx, "forward")?;
+    cpu::forward(ctx.threads, cfg, &dims, a, ws)
+}
+
+pub fn backward_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k: &Tensor, v: &Tensor, pooled_k: Option<&Tensor>) -> Result<usize> {
+    check_precision(ctx, cfg)?;
+    let dims = attn_dims(cfg, q, k, v, pooled_k)?;
+    cpu_only(ctx, "backward")?;
+    cpu::backward_workspace_size(cfg, &dims)
+}
+
+pub fn backward(ctx: &Context, cfg: &Config, a: &BackwardArgs, ws: Workspace) -> Result<()> {
+    check_precision(ctx, cfg)?;
+    let dims = a.validate(cfg)?;
+    cpu_only(ctx, "backward")?;
+    cpu::backward(ctx.threads, cfg, &dims, a, ws)
+}
+
+pub fn pool_keys_paged_workspace_size(ctx: &Context, cfg: &Config, k_cache: &Tensor, pooled_cache: &Tensor, block_table: &Tensor, seq_lens: &Tensor) -> Result<usize> {
+    check_precision(ctx, cfg)?;
+    paged_dims(cfg, k_cache, pooled_cache, block_table, seq_lens)?;
+    cpu_only(ctx, "pool_keys_paged")?;
+    Ok(0)
+}
+
+pub fn pool_keys_paged(ctx: &Context, cfg: &Config, a: &PoolPagedArgs, ws: Workspace) -> Result<()> {
+    check_precision(ctx, cfg)?;
+    let p = a.validate(cfg)?;
+    cpu_only(ctx, "pool_keys_paged")?;
+    cpu::pool_keys_paged(ctx.threads, cfg, &p, a, ws)
+}
+
+pub fn decode_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k_cache: &Tensor, pooled_cache: &Tensor, block_table: &Tensor, seq_lens: &Tensor) -> Result<usize> {
+    check_precision(ctx, cfg)?;
+    decode_dims(cfg, q, k_cache, pooled_cache, block_table, seq_lens)?;
+    cpu_only(ctx, "decode")?;
+    Ok(0)
+}
+
+pub fn decode(ctx: &Context, cfg: &Config, a: &DecodeArgs, ws: Workspace) -> Result<()> {
+    check_precision(ctx, cfg)?;
+    let d = a.validate(cfg)?;
+    cpu_only(ctx, "decode")?;
+    cpu::decode(ctx.threads, cfg, &d, a, ws)
+}
