@@ -35,6 +35,9 @@
 // dtype: 32-bit signed integer (block tables, sequence lengths).
 #define DASHATTN_DTYPE_I32 3
 
+// dtype: 64-bit IEEE float (CPU backend only: reference computations and tests).
+#define DASHATTN_DTYPE_F64 4
+
 // backend: CUDA when a driver and device exist, else CPU.
 #define DASHATTN_BACKEND_AUTO 0
 

@@ -20,9 +20,18 @@ fn check_precision(ctx: &Context, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// f64 tensors are a CPU-backend reference feature.
+fn check_dtype(ctx: &Context, t: &Tensor) -> Result<()> {
+    if t.dtype == crate::dtype::DType::F64 && !matches!(ctx.backend, Backend::Cpu) {
+        bail!(Unsupported, "f64 tensors are supported by the CPU backend only");
+    }
+    Ok(())
+}
+
 pub fn forward_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k: &Tensor, v: &Tensor, pooled_k: Option<&Tensor>) -> Result<usize> {
     check_precision(ctx, cfg)?;
     let dims = attn_dims(cfg, q, k, v, pooled_k)?;
+    check_dtype(ctx, q)?;
     cpu_only(ctx, "forward")?;
     cpu::forward_workspace_size(cfg, &dims, pooled_k.is_some())
 }
@@ -30,6 +39,9 @@ pub fn forward_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k: &Tenso
 pub fn forward(ctx: &Context, cfg: &Config, a: &ForwardArgs, ws: Workspace) -> Result<()> {
     check_precision(ctx, cfg)?;
     let dims = a.validate(cfg)?;
+    for t in [Some(&a.q), a.lse.as_ref(), a.tau.as_ref()].into_iter().flatten() {
+        check_dtype(ctx, t)?;
+    }
     cpu_only(ctx, "forward")?;
     cpu::forward(ctx.threads, cfg, &dims, a, ws)
 }
@@ -37,6 +49,7 @@ pub fn forward(ctx: &Context, cfg: &Config, a: &ForwardArgs, ws: Workspace) -> R
 pub fn backward_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k: &Tensor, v: &Tensor, pooled_k: Option<&Tensor>) -> Result<usize> {
     check_precision(ctx, cfg)?;
     let dims = attn_dims(cfg, q, k, v, pooled_k)?;
+    check_dtype(ctx, q)?;
     cpu_only(ctx, "backward")?;
     cpu::backward_workspace_size(cfg, &dims)
 }
@@ -44,6 +57,9 @@ pub fn backward_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k: &Tens
 pub fn backward(ctx: &Context, cfg: &Config, a: &BackwardArgs, ws: Workspace) -> Result<()> {
     check_precision(ctx, cfg)?;
     let dims = a.validate(cfg)?;
+    for t in [&a.q, &a.lse, &a.tau] {
+        check_dtype(ctx, t)?;
+    }
     cpu_only(ctx, "backward")?;
     cpu::backward(ctx.threads, cfg, &dims, a, ws)
 }
@@ -58,6 +74,7 @@ pub fn pool_keys_paged_workspace_size(ctx: &Context, cfg: &Config, k_cache: &Ten
 pub fn pool_keys_paged(ctx: &Context, cfg: &Config, a: &PoolPagedArgs, ws: Workspace) -> Result<()> {
     check_precision(ctx, cfg)?;
     let p = a.validate(cfg)?;
+    check_dtype(ctx, &a.k_cache)?;
     cpu_only(ctx, "pool_keys_paged")?;
     cpu::pool_keys_paged(ctx.threads, cfg, &p, a, ws)
 }
@@ -72,6 +89,9 @@ pub fn decode_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k_cache: &
 pub fn decode(ctx: &Context, cfg: &Config, a: &DecodeArgs, ws: Workspace) -> Result<()> {
     check_precision(ctx, cfg)?;
     let d = a.validate(cfg)?;
+    for t in [Some(&a.q), a.lse.as_ref()].into_iter().flatten() {
+        check_dtype(ctx, t)?;
+    }
     cpu_only(ctx, "decode")?;
     cpu::decode(ctx.threads, cfg, &d, a, ws)
 }

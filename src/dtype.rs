@@ -9,6 +9,7 @@ use crate::ffi::types::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
     F32,
+    F64,
     F16,
     BF16,
     I32,
@@ -21,6 +22,7 @@ impl DType {
             DASHATTN_DTYPE_F16 => DType::F16,
             DASHATTN_DTYPE_BF16 => DType::BF16,
             DASHATTN_DTYPE_I32 => DType::I32,
+            DASHATTN_DTYPE_F64 => DType::F64,
             _ => bail!(InvalidDtype, "{name}.dtype = {v} is not a DASHATTN_DTYPE_* value"),
         })
     }
@@ -30,10 +32,12 @@ impl DType {
             DType::F16 => DASHATTN_DTYPE_F16,
             DType::BF16 => DASHATTN_DTYPE_BF16,
             DType::I32 => DASHATTN_DTYPE_I32,
+            DType::F64 => DASHATTN_DTYPE_F64,
         }
     }
     pub fn size(self) -> usize {
         match self {
+            DType::F64 => 8,
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
         }
@@ -44,6 +48,7 @@ impl DType {
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
+            DType::F64 => "f64",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
             DType::I32 => "i32",
@@ -51,7 +56,7 @@ impl DType {
     }
 }
 
-/// A floating-point storage element (f32, f16, bf16).
+/// A floating-point storage element (f32, f64, f16, bf16).
 pub trait Elem: Copy + Send + Sync + Default + 'static {
     const DTYPE: DType;
     fn to_f32(self) -> f32;
@@ -73,6 +78,22 @@ impl Elem for f32 {
     }
     fn from_f64(x: f64) -> Self {
         x as f32
+    }
+}
+
+impl Elem for f64 {
+    const DTYPE: DType = DType::F64;
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f32(x: f32) -> Self {
+        x as f64
+    }
+    fn from_f64(x: f64) -> Self {
+        x
     }
 }
 

@@ -160,19 +160,20 @@ pub fn margin(zj: f64, tau: f64, alpha: f64) -> f64 {
     }
 }
 
-/// s_j = p_j^(2 - alpha), the weight of the entmax Jacobian (SPEC 4), from z_j and tau.
+/// s_j = p_j^(2 - alpha), the weight of the entmax Jacobian (SPEC 4), from z_j and tau;
+/// 0 outside the support.
 #[inline]
 pub fn jacobian_weight(zj: f64, tau: f64, alpha: f64) -> f64 {
     if alpha <= 1.0 {
         (zj - tau).exp()
-    } else if alpha >= 2.0 {
-        1.0
     } else {
         let x = (alpha - 1.0) * zj - tau;
-        if x > 0.0 {
-            x.powf((2.0 - alpha) / (alpha - 1.0))
-        } else {
+        if x <= 0.0 {
             0.0
+        } else if alpha >= 2.0 {
+            1.0
+        } else {
+            x.powf((2.0 - alpha) / (alpha - 1.0))
         }
     }
 }

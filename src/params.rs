@@ -358,10 +358,12 @@ pub struct AttnDims {
 const QL: &str = "[N, Lq, Hq, D]";
 const KL: &str = "[N, Lk, Hkv, D]";
 const PL: &str = "[N, ceil(Lk/B), Hkv, D]";
-const SL: &str = "[N, Hq, Lq], f32";
+const SL: &str = "[N, Hq, Lq], f32 (f64 on the CPU backend)";
+/// Per-row statistics (lse, tau) are f32; the CPU backend also takes f64 for reference runs.
+const STAT_DTYPES: &[DType] = &[DType::F32, DType::F64];
 
 fn attn_in(name: &str, t: &Tensor) -> Result<()> {
-    t.expect_dtype(name, &[DType::F32, DType::F16, DType::BF16])?;
+    t.expect_dtype(name, &[DType::F32, DType::F16, DType::BF16, DType::F64])?;
     t.expect_inner_contiguous(name)
 }
 
@@ -375,13 +377,13 @@ fn attn_out(name: &str, t: &Tensor, like: &Tensor, like_name: &str) -> Result<()
 }
 
 fn stat_out(name: &str, t: &Tensor, d: &AttnDims) -> Result<()> {
-    t.expect_dtype(name, &[DType::F32])?;
+    t.expect_dtype(name, STAT_DTYPES)?;
     t.expect_shape(name, &[d.n, d.hq, d.lq], SL)?;
     t.expect_non_overlapping(name)
 }
 
 fn stat_in(name: &str, t: &Tensor, d: &AttnDims) -> Result<()> {
-    t.expect_dtype(name, &[DType::F32])?;
+    t.expect_dtype(name, STAT_DTYPES)?;
     t.expect_shape(name, &[d.n, d.hq, d.lq], SL)
 }
 
@@ -625,7 +627,7 @@ impl DecodeArgs {
         }
         attn_out("o", &self.o, &self.q, "q")?;
         if let Some(l) = &self.lse {
-            l.expect_dtype("lse", &[DType::F32])?;
+            l.expect_dtype("lse", STAT_DTYPES)?;
             l.expect_shape("lse", &[d.paged.n, d.hq, d.q_len], "[N, Hq, q_len], f32")?;
             l.expect_non_overlapping("lse")?;
         }

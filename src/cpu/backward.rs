@@ -67,7 +67,7 @@ pub fn backward<A: Real, E: Elem>(threads: usize, cfg: &Config, dims: &AttnDims,
                 let qs: Vec<&[A]> = (h0..h0 + hpu).map(|gi| &qrows[gi * d..(gi + 1) * d]).collect();
                 let alpha = alphas[hk * g + h0];
                 // tau as saved by the forward (SPEC 3.5), not re-solved.
-                let tau = unsafe { *a.tau.ptr_at::<f32>(&[n, hk * g + h0, r]) } as f64;
+                let tau = load_stat(&a.tau, &[n, hk * g + h0, r]);
                 coarse_scores(&cand, &qs, pooled_h, d, sigma_c, &mut z);
                 sel.clear();
                 s_w.clear();
@@ -83,7 +83,7 @@ pub fn backward<A: Real, E: Elem>(threads: usize, cfg: &Config, dims: &AttnDims,
                     let h = hk * g + gi;
                     let q = &qrows[gi * d..(gi + 1) * d];
                     let dov = &dorows[gi * d..(gi + 1) * d];
-                    let lse = A::of(unsafe { *a.lse.ptr_at::<f32>(&[n, h, r]) } as f64);
+                    let lse = A::of(load_stat(&a.lse, &[n, h, r]));
                     if lse == A::NEG_INF {
                         continue; // attended nothing: every gradient is zero
                     }

@@ -194,6 +194,26 @@ pub fn mean_pool<A: Real, E: Elem>(count: usize, key: impl Fn(usize) -> *const E
     out.iter_mut().for_each(|x| *x *= inv);
 }
 
+/// Writes a per-row statistic (lse or tau) in the tensor's dtype (f32 or f64).
+#[inline]
+pub unsafe fn store_stat(t: &Tensor, idx: &[usize], v: f64) {
+    match t.dtype {
+        crate::dtype::DType::F64 => *t.ptr_at::<f64>(idx) = v,
+        _ => *t.ptr_at::<f32>(idx) = v as f32,
+    }
+}
+
+/// Reads a per-row statistic (lse or tau).
+#[inline]
+pub fn load_stat(t: &Tensor, idx: &[usize]) -> f64 {
+    unsafe {
+        match t.dtype {
+            crate::dtype::DType::F64 => *t.ptr_at::<f64>(idx),
+            _ => *t.ptr_at::<f32>(idx) as f64,
+        }
+    }
+}
+
 /// Per query head alpha: the head_alpha tensor (validated to [1, 2]) or the config value.
 pub fn head_alphas(head_alpha: Option<&Tensor>, alpha: f32, hq: usize) -> Result<Vec<f64>> {
     match head_alpha {

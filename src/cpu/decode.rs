@@ -142,7 +142,7 @@ pub fn decode<A: Real, E: Elem>(threads: usize, cfg: &Config, dd: &DecodeDims, a
                             *o.add(x) = v.store::<E>();
                         }
                         if let Some(l) = &a.lse {
-                            *l.ptr_at::<f32>(&[b, h, r]) = lse.f64() as f32;
+                            store_stat(l, &[b, h, r], lse.f64());
                         }
                     }
                 }

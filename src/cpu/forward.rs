@@ -93,10 +93,10 @@ pub fn forward<A: Real, E: Elem>(threads: usize, cfg: &Config, dims: &AttnDims, 
                             *o.add(x) = v.store::<E>();
                         }
                         if let Some(l) = &a.lse {
-                            *l.ptr_at::<f32>(&[n, h, r]) = lse.f64() as f32;
+                            store_stat(l, &[n, h, r], lse.f64());
                         }
                         if let Some(tt) = &a.tau {
-                            *tt.ptr_at::<f32>(&[n, h, r]) = tau as f32;
+                            store_stat(tt, &[n, h, r], tau);
                         }
                     }
                 }

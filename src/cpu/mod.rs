@@ -20,6 +20,8 @@ macro_rules! dispatch {
             (Precision::F32, DType::F16) => $($f)::+::<f32, f16>($($arg),*),
             (Precision::F32, DType::BF16) => $($f)::+::<f32, bf16>($($arg),*),
             (Precision::F64, DType::F32) => $($f)::+::<f64, f32>($($arg),*),
+            (Precision::F32, DType::F64) => $($f)::+::<f32, f64>($($arg),*),
+            (Precision::F64, DType::F64) => $($f)::+::<f64, f64>($($arg),*),
             (Precision::F64, DType::F16) => $($f)::+::<f64, f16>($($arg),*),
             (Precision::F64, DType::BF16) => $($f)::+::<f64, bf16>($($arg),*),
             (_, dt) => bail!(InvalidDtype, "attention tensors cannot be {}", dt.name()),

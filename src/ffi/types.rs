@@ -47,6 +47,8 @@ pub const DASHATTN_DTYPE_F16: i32 = 1;
 pub const DASHATTN_DTYPE_BF16: i32 = 2;
 /// dtype: 32-bit signed integer (block tables, sequence lengths).
 pub const DASHATTN_DTYPE_I32: i32 = 3;
+/// dtype: 64-bit IEEE float (CPU backend only: reference computations and tests).
+pub const DASHATTN_DTYPE_F64: i32 = 4;
 
 /// backend: CUDA when a driver and device exist, else CPU.
 pub const DASHATTN_BACKEND_AUTO: i32 = 0;
