@@ -63,3 +63,69 @@ pub fn decode(threads: usize, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, ws: 
     ws.check(0)?;
     dispatch!(cfg.precision, a.q.dtype, decode::decode, (threads, cfg, d, a))
 }
+
+/// Block statistics of a forward call, from its inputs and the tau it returned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Candidate blocks over all rows and query heads.
+    pub candidates: u64,
+    /// Selected candidate blocks (x_j > 0).
+    pub selected: u64,
+    /// Blocks attended (selected + local) over all rows and query heads.
+    pub attended: u64,
+    /// Blocks dense attention would visit (causal: up to the diagonal).
+    pub dense: u64,
+}
+
+impl BlockStats {
+    /// Fraction of the dense key blocks that were skipped.
+    pub fn sparsity(&self) -> f64 {
+        1.0 - self.attended as f64 / self.dense.max(1) as f64
+    }
+}
+
+/// Counts candidate, selected and attended blocks of a forward on host tensors (the
+/// achieved sparsity that demos and benchmarks report). `tau` is the forward's output.
+pub fn block_stats(cfg: &Config, a: &ForwardArgs, tau: &Tensor) -> Result<BlockStats> {
+    let dims = a.validate(cfg)?;
+    dispatch!(cfg.precision, a.q.dtype, block_stats_impl, (cfg, &dims, a, tau))
+}
+
+fn block_stats_impl<A: real::Real, E: crate::dtype::Elem>(cfg: &Config, dims: &AttnDims, a: &ForwardArgs, tau: &Tensor) -> Result<BlockStats> {
+    use common::*;
+    let (nb, d, g) = (dims.nb, dims.d, dims.group);
+    let mut pooled = vec![A::ZERO; dims.n * dims.hkv * nb * d];
+    forward::pooled_keys::<A, E>(1, dims, cfg.block_size, &a.k, a.pooled_k.as_ref(), &mut pooled);
+    let alphas = head_alphas(a.head_alpha.as_ref(), cfg.alpha, dims.hq)?;
+    let geo = Geometry::new(dims.lq, dims.lk, cfg.block_size, cfg.n_local, cfg.causal);
+    let (_, sigma_c) = cfg.scales(d);
+    let mut st = BlockStats::default();
+    let (mut cand, mut local, mut z) = (Vec::new(), Vec::new(), Vec::new());
+    let mut q = vec![A::ZERO; g * d];
+    let hpu = if cfg.selection == Selection::PerGroup { g } else { 1 };
+    for n in 0..dims.n {
+        for hk in 0..dims.hkv {
+            let ph = &pooled[(n * dims.hkv + hk) * nb * d..][..nb * d];
+            for r in 0..dims.lq {
+                let t = geo.position(r);
+                geo.blocks(t, &mut cand, &mut local);
+                let dense = if cfg.causal { if t < 0 { 0 } else { t as usize / cfg.block_size + 1 } } else { nb };
+                for gi in 0..g {
+                    unsafe { real::load_row(a.q.ptr_at::<E>(&[n, r, hk * g + gi, 0]) as *const E, &mut q[gi * d..(gi + 1) * d]) };
+                }
+                for h0 in (0..g).step_by(hpu) {
+                    let qs: Vec<&[A]> = (h0..h0 + hpu).map(|gi| &q[gi * d..(gi + 1) * d]).collect();
+                    coarse_scores(&cand, &qs, ph, d, sigma_c, &mut z);
+                    let tau_v = load_stat(tau, &[n, hk * g + h0, r]);
+                    let sel = z.iter().filter(|&&zj| crate::entmax::log_prob(zj, tau_v, alphas[hk * g + h0]).is_some()).count() as u64;
+                    let heads = hpu as u64;
+                    st.candidates += cand.len() as u64 * heads;
+                    st.selected += sel * heads;
+                    st.attended += (sel + local.len() as u64) * heads;
+                    st.dense += dense as u64 * heads;
+                }
+            }
+        }
+    }
+    Ok(st)
+}
