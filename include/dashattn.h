@@ -376,6 +376,19 @@ dashattn_status dashattn_decode(struct dashattn_context *ctx,
                                 void *workspace,
                                 size_t workspace_size);
 
+// Merges S partial attention results computed over disjoint key sets for the same queries
+// (e.g. a long context split across streams or devices): lse = logsumexp over parts,
+// o = sum_s exp(lse_s - lse) * o_s. A part with lse = -inf contributes nothing; when all
+// are -inf, o = 0 and lse = -inf.
+//
+// Layouts: o_parts [S, N, L, H, D] (f32/f16/bf16), lse_parts [S, N, H, L] f32, o
+// [N, L, H, D] output (dtype of o_parts), lse optional output [N, H, L] f32. No workspace.
+dashattn_status dashattn_merge_states(struct dashattn_context *ctx,
+                                      const struct dashattn_tensor *o_parts,
+                                      const struct dashattn_tensor *lse_parts,
+                                      const struct dashattn_tensor *o,
+                                      const struct dashattn_tensor *lse);
+
 // The loaded library's version as MAJOR * 10000 + MINOR * 100 + PATCH. Compare with the
 // DASHATTN_VERSION_* macros of the header you compiled against. Thread-safe.
 uint32_t dashattn_version(void);
@@ -558,6 +571,19 @@ dashattn_status dashattn_decode(struct dashattn_context *ctx,
                                 const struct dashattn_tensor *lse,
                                 void *workspace,
                                 size_t workspace_size);
+
+// Merges S partial attention results computed over disjoint key sets for the same queries
+// (e.g. a long context split across streams or devices): lse = logsumexp over parts,
+// o = sum_s exp(lse_s - lse) * o_s. A part with lse = -inf contributes nothing; when all
+// are -inf, o = 0 and lse = -inf.
+//
+// Layouts: o_parts [S, N, L, H, D] (f32/f16/bf16), lse_parts [S, N, H, L] f32, o
+// [N, L, H, D] output (dtype of o_parts), lse optional output [N, H, L] f32. No workspace.
+dashattn_status dashattn_merge_states(struct dashattn_context *ctx,
+                                      const struct dashattn_tensor *o_parts,
+                                      const struct dashattn_tensor *lse_parts,
+                                      const struct dashattn_tensor *o,
+                                      const struct dashattn_tensor *lse);
 
 // A static, NUL-terminated description of a status code ("unknown status code" for values
 // outside the DASHATTN_* set). Never NULL; the string must not be freed. Thread-safe.

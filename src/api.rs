@@ -95,3 +95,12 @@ pub fn decode(ctx: &Context, cfg: &Config, a: &DecodeArgs, ws: Workspace) -> Res
     cpu_only(ctx, "decode")?;
     cpu::decode(ctx.threads, cfg, &d, a, ws)
 }
+
+pub fn merge_states(ctx: &Context, precision: Precision, a: &MergeArgs) -> Result<()> {
+    let m = a.validate()?;
+    for t in [Some(&a.o), Some(&a.lse_parts), a.lse.as_ref()].into_iter().flatten() {
+        check_dtype(ctx, t)?;
+    }
+    cpu_only(ctx, "merge_states")?;
+    cpu::merge_states(ctx.threads, precision, &m, a)
+}

@@ -699,3 +699,47 @@ pub fn bytes_of(parts: &[usize], what: &str) -> Result<usize> {
         .try_fold(1usize, |a, &p| a.checked_mul(p))
         .ok_or_else(|| Error::Overflow(format!("{what}: byte count overflows")))
 }
+
+/// Tensors of a merge_states call: S partial results of the same queries over disjoint key
+/// sets, combined by their lse.
+#[derive(Clone, Copy, Debug)]
+pub struct MergeArgs {
+    /// [S, N, L, H, D]
+    pub o_parts: Tensor,
+    /// [S, N, H, L], f32 (f64 on the CPU backend)
+    pub lse_parts: Tensor,
+    /// [N, L, H, D]
+    pub o: Tensor,
+    /// [N, H, L], optional
+    pub lse: Option<Tensor>,
+}
+
+/// (S, N, L, H, D) of a merge.
+pub type MergeDims = [usize; 5];
+
+impl MergeArgs {
+    pub fn validate(&self) -> Result<MergeDims> {
+        self.o_parts.expect_rank("o_parts", 5, "[S, N, L, H, D]")?;
+        attn_in("o_parts", &self.o_parts)?;
+        let s = self.o_parts.shape;
+        let dims = [s[0], s[1], s[2], s[3], s[4]];
+        if dims[0] == 0 {
+            bail!(InvalidShape, "o_parts has S = 0 parts");
+        }
+        self.lse_parts.expect_dtype("lse_parts", STAT_DTYPES)?;
+        self.lse_parts.expect_shape("lse_parts", &[s[0], s[1], s[3], s[2]], "[S, N, H, L]")?;
+        self.o.expect_same_dtype("o", &self.o_parts, "o_parts")?;
+        self.o.expect_shape("o", &[s[1], s[2], s[3], s[4]], "[N, L, H, D]")?;
+        self.o.expect_inner_contiguous("o")?;
+        self.o.expect_non_overlapping("o")?;
+        let mut outs = vec![("o", &self.o)];
+        if let Some(l) = &self.lse {
+            l.expect_dtype("lse", STAT_DTYPES)?;
+            l.expect_shape("lse", &[s[1], s[3], s[2]], "[N, H, L]")?;
+            l.expect_non_overlapping("lse")?;
+            outs.push(("lse", l));
+        }
+        no_alias(&outs, &[("o_parts", &self.o_parts), ("lse_parts", &self.lse_parts)])?;
+        Ok(dims)
+    }
+}

@@ -129,3 +129,48 @@ fn block_stats_impl<A: real::Real, E: crate::dtype::Elem>(cfg: &Config, dims: &A
     }
     Ok(st)
 }
+
+/// Merges S partial attention results by their lse: lse = logsumexp_s lse_s,
+/// o = sum_s exp(lse_s - lse) o_s (o = 0, lse = -inf when every part is empty).
+pub fn merge_states(threads: usize, cfg_precision: Precision, m: &MergeDims, a: &MergeArgs) -> Result<()> {
+    dispatch!(cfg_precision, a.o.dtype, merge_impl, (threads, m, a))
+}
+
+fn merge_impl<A: real::Real, E: crate::dtype::Elem>(threads: usize, m: &MergeDims, a: &MergeArgs) -> Result<()> {
+    use common::*;
+    let [s, n, l, h, d] = *m;
+    parallel_for(threads, n * l, |u| {
+        let (b, r) = (u / l, u % l);
+        let mut acc = vec![A::ZERO; d];
+        let mut row = vec![A::ZERO; d];
+        for hh in 0..h {
+            let lses: Vec<f64> = (0..s).map(|p| load_stat(&a.lse_parts, &[p, b, hh, r])).collect();
+            let mx = lses.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            acc.iter_mut().for_each(|x| *x = A::ZERO);
+            let lse = if mx == f64::NEG_INFINITY {
+                f64::NEG_INFINITY
+            } else {
+                let tot: f64 = lses.iter().map(|&x| (x - mx).exp()).sum();
+                let lse = mx + tot.ln();
+                for (p, &lp) in lses.iter().enumerate() {
+                    let w = (lp - lse).exp();
+                    if w > 0.0 {
+                        unsafe { real::load_row(a.o_parts.ptr_at::<E>(&[p, b, r, hh, 0]) as *const E, &mut row) };
+                        real::axpy(&mut acc, A::of(w), &row);
+                    }
+                }
+                lse
+            };
+            unsafe {
+                let o = a.o.ptr_at::<E>(&[b, r, hh, 0]);
+                for (x, &v) in acc.iter().enumerate() {
+                    *o.add(x) = v.store::<E>();
+                }
+                if let Some(lt) = &a.lse {
+                    store_stat(lt, &[b, hh, r], lse);
+                }
+            }
+        }
+    });
+    Ok(())
+}

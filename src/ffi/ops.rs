@@ -295,3 +295,25 @@ pub unsafe extern "C" fn dashattn_decode(
         api::decode(ctx, &cfg, &args, ws(workspace, workspace_size))
     })
 }
+
+/// Merges S partial attention results computed over disjoint key sets for the same queries
+/// (e.g. a long context split across streams or devices): lse = logsumexp over parts,
+/// o = sum_s exp(lse_s - lse) * o_s. A part with lse = -inf contributes nothing; when all
+/// are -inf, o = 0 and lse = -inf.
+///
+/// Layouts: o_parts [S, N, L, H, D] (f32/f16/bf16), lse_parts [S, N, H, L] f32, o
+/// [N, L, H, D] output (dtype of o_parts), lse optional output [N, H, L] f32. No workspace.
+#[no_mangle]
+pub unsafe extern "C" fn dashattn_merge_states(
+    ctx: *mut dashattn_context,
+    o_parts: *const dashattn_tensor,
+    lse_parts: *const dashattn_tensor,
+    o: *const dashattn_tensor,
+    lse: *const dashattn_tensor,
+) -> dashattn_status {
+    guard(|| {
+        let ctx = context(ctx)?;
+        let args = MergeArgs { o_parts: t("o_parts", o_parts)?, lse_parts: t("lse_parts", lse_parts)?, o: t("o", o)?, lse: opt("lse", lse)? };
+        api::merge_states(ctx, Precision::F32, &args)
+    })
+}
