@@ -197,11 +197,39 @@ impl Tensor {
         (self.ptr as *mut T).wrapping_add(self.offset(idx))
     }
 
-    /// Whether two tensors' byte ranges intersect (conservative: compares extents).
+    /// Whether two tensors may share an element. Disjoint byte ranges never do; two views
+    /// with the same dtype, shape and strides (e.g. dq, dk, dv inside one packed dqkv
+    /// buffer) are checked exactly; anything else with intersecting ranges counts as
+    /// overlapping.
     pub fn overlaps(&self, other: &Tensor) -> bool {
         let (a0, a1) = (self.ptr, self.ptr + self.byte_extent("").unwrap_or(0));
         let (b0, b1) = (other.ptr, other.ptr + other.byte_extent("").unwrap_or(0));
-        a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1
+        if !(a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1) {
+            return false;
+        }
+        let same_layout = self.dtype == other.dtype && self.dims() == other.dims() && self.strides[..self.rank] == other.strides[..other.rank];
+        let es = self.dtype.size();
+        let delta = b0 as i128 - a0 as i128;
+        if !same_layout || delta % es as i128 != 0 {
+            return true;
+        }
+        // Is delta (in elements) = sum_k c_k * stride_k with |c_k| < shape_k? Dimensions by
+        // decreasing stride; at each, only floor and ceil of the quotient can work.
+        let mut dims: Vec<(i128, i128)> = (0..self.rank).filter(|&k| self.shape[k] > 1).map(|k| (self.strides[k] as i128, self.shape[k] as i128)).collect();
+        dims.sort_by(|x, y| y.0.cmp(&x.0));
+        fn reach(rem: i128, dims: &[(i128, i128)]) -> bool {
+            match dims.split_first() {
+                None => rem == 0,
+                Some((&(s, n), rest)) => {
+                    if s == 0 {
+                        return reach(rem, rest);
+                    }
+                    let f = rem.div_euclid(s);
+                    [f, f + 1].iter().any(|&c| c.abs() < n && reach(rem - c * s, rest))
+                }
+            }
+        }
+        reach(delta / es as i128, &dims)
     }
 }
 
@@ -368,10 +396,10 @@ fn attn_in(name: &str, t: &Tensor) -> Result<()> {
 }
 
 fn attn_out(name: &str, t: &Tensor, like: &Tensor, like_name: &str) -> Result<()> {
-    t.expect_same_dtype(name, like, like_name)?;
     if t.dims() != like.dims() {
         bail!(InvalidShape, "{name} has shape {:?}, expected {:?} (the shape of {like_name})", t.dims(), like.dims());
     }
+    t.expect_same_dtype(name, like, like_name)?;
     t.expect_inner_contiguous(name)?;
     t.expect_non_overlapping(name)
 }
@@ -409,6 +437,7 @@ fn check_heads(hq: usize, hkv: usize, d: usize) -> Result<()> {
 pub fn attn_dims(cfg: &Config, q: &Tensor, k: &Tensor, v: &Tensor, pooled: Option<&Tensor>) -> Result<AttnDims> {
     q.expect_rank("q", 4, QL)?;
     k.expect_rank("k", 4, KL)?;
+    v.expect_rank("v", 4, KL)?;
     attn_in("q", q)?;
     attn_in("k", k)?;
     attn_in("v", v)?;
@@ -423,9 +452,9 @@ pub fn attn_dims(cfg: &Config, q: &Tensor, k: &Tensor, v: &Tensor, pooled: Optio
     check_heads(hq, hkv, d)?;
     let nb = lk.div_ceil(cfg.block_size);
     if let Some(p) = pooled {
+        p.expect_shape("pooled_k", &[n, nb, hkv, d], PL)?;
         attn_in("pooled_k", p)?;
         p.expect_same_dtype("pooled_k", q, "q")?;
-        p.expect_shape("pooled_k", &[n, nb, hkv, d], PL)?;
     }
     Ok(AttnDims { n, lq, lk, hq, hkv, d, nb, group: hq / hkv })
 }
@@ -502,12 +531,12 @@ impl BackwardArgs {
         if let Some(a) = &self.head_alpha {
             check_head_alpha(a, d.hq)?;
         }
+        self.o.expect_shape("o", self.q.dims(), QL)?;
         attn_in("o", &self.o)?;
         self.o.expect_same_dtype("o", &self.q, "q")?;
-        self.o.expect_shape("o", self.q.dims(), QL)?;
+        self.d_o.expect_shape("d_o", self.q.dims(), QL)?;
         attn_in("d_o", &self.d_o)?;
         self.d_o.expect_same_dtype("d_o", &self.q, "q")?;
-        self.d_o.expect_shape("d_o", self.q.dims(), QL)?;
         stat_in("lse", &self.lse, &d)?;
         stat_in("tau", &self.tau, &d)?;
         attn_out("dq", &self.dq, &self.q, "q")?;

@@ -1,18 +1,31 @@
-//! The CUDA backend. This build finds the driver and device; kernels are not shipped yet,
-//! so every operation reports DASHATTN_ERR_UNSUPPORTED (see the CUDA forward issue).
+//! The CUDA backend.
+//!
+//! - A context binds the device's primary context (shared with the CUDA runtime, PyTorch)
+//!   and reads the device properties once.
+//! - Kernels come from kernels/*.cu: a fatbin built by nvcc in build.rs when nvcc was found
+//!   (sm_80 + sm_90a by default), else the embedded sources compiled by NVRTC on first use
+//!   for the device's own arch and cached on disk (see `module`).
+//! - Every launch goes to the caller's borrowed stream (Context.stream; 0 = the legacy
+//!   default stream). With a caller workspace the forward neither allocates nor syncs, so
+//!   it can be captured into a CUDA graph; without one it allocates stream-ordered
+//!   (cuMemAllocAsync / cuMemFreeAsync on the same stream).
+//! - Only the forward has kernels in this build; other operations report
+//!   DASHATTN_ERR_UNSUPPORTED.
+
+pub mod forward;
+pub mod module;
+pub mod util;
+
+use std::sync::Mutex;
+
+use cudarc::driver::sys;
 
 use crate::error::{Error, Result};
-
-/// A CUDA device bound by a context.
-#[derive(Debug)]
-pub struct CudaDevice {
-    pub ordinal: i32,
-}
 
 /// Whether a CUDA driver library can be loaded (cudarc's loader panics when it cannot, so
 /// this is asked first).
 pub fn driver_present() -> bool {
-    std::panic::catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
+    std::panic::catch_unwind(|| unsafe { sys::is_culib_present() }).unwrap_or(false)
 }
 
 /// Number of CUDA devices, or NoDevice when there is no driver or no device.
@@ -31,16 +44,156 @@ pub fn device_count() -> Result<i32> {
     Ok(r)
 }
 
+/// Turns a driver status into a Result (the message names the call).
+pub(crate) fn check(r: sys::CUresult, what: &str) -> Result<()> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        return Ok(());
+    }
+    let mut p: *const std::os::raw::c_char = std::ptr::null();
+    let name = unsafe {
+        if sys::cuGetErrorString(r, &mut p) == sys::CUresult::CUDA_SUCCESS && !p.is_null() {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        } else {
+            format!("{r:?}")
+        }
+    };
+    if r == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+        return Err(Error::OutOfMemory(format!("{what}: {name}")));
+    }
+    Err(Error::Cuda(format!("{what} failed: {name} ({r:?})")))
+}
+
+/// Device properties read once when the context is created.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceProps {
+    pub sm_count: i32,
+    /// Largest dynamic shared memory a block may opt in to (bytes).
+    pub smem_optin: i32,
+    pub cc_major: i32,
+    pub cc_minor: i32,
+}
+
+/// A CUDA device bound by a context: the device's primary context (retained for the
+/// context's lifetime) and its properties. The kernel module is loaded on first use.
+#[derive(Debug)]
+pub struct CudaDevice {
+    pub ordinal: i32,
+    pub props: DeviceProps,
+    dev: sys::CUdevice,
+    ctx: sys::CUcontext,
+}
+
+type KernelSlot = (i32, &'static std::result::Result<module::Kernels, Error>);
+
+/// Loaded modules, one per device, shared by every context of the process (all contexts
+/// of a device bind the same primary context, which the cache retains for good).
+static KERNELS: Mutex<Vec<KernelSlot>> = Mutex::new(Vec::new());
+
+// The raw handles are process-wide driver objects; a context is used by one thread at a
+// time (C ABI contract), and the driver API itself is thread-safe.
+unsafe impl Send for CudaDevice {}
+unsafe impl Sync for CudaDevice {}
+
+/// Pushes the device's primary context for the duration of a call, pops it on drop.
+pub(crate) struct CtxGuard;
+
+impl Drop for CtxGuard {
+    fn drop(&mut self) {
+        let mut old: sys::CUcontext = std::ptr::null_mut();
+        unsafe {
+            let _ = sys::cuCtxPopCurrent_v2(&mut old);
+        }
+    }
+}
+
 impl CudaDevice {
     pub fn open(ordinal: i32) -> Result<CudaDevice> {
         let n = device_count()?;
         if ordinal < 0 || ordinal >= n {
             return Err(Error::InvalidArgument(format!("options.device = {ordinal} but {n} CUDA device(s) exist")));
         }
-        Ok(CudaDevice { ordinal })
+        unsafe {
+            let mut dev: sys::CUdevice = 0;
+            check(sys::cuDeviceGet(&mut dev, ordinal), "cuDeviceGet")?;
+            let mut ctx: sys::CUcontext = std::ptr::null_mut();
+            check(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
+            let attr = |a: sys::CUdevice_attribute| -> Result<i32> {
+                let mut v = 0;
+                check(sys::cuDeviceGetAttribute(&mut v, a, dev), "cuDeviceGetAttribute")?;
+                Ok(v)
+            };
+            use sys::CUdevice_attribute::*;
+            let props = (|| -> Result<DeviceProps> {
+                Ok(DeviceProps {
+                    sm_count: attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+                    smem_optin: attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+                    cc_major: attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                    cc_minor: attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+                })
+            })();
+            let props = match props {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = sys::cuDevicePrimaryCtxRelease_v2(dev);
+                    return Err(e);
+                }
+            };
+            Ok(CudaDevice { ordinal, props, dev, ctx })
+        }
     }
 
     pub fn unsupported(&self, what: &str) -> Error {
         Error::Unsupported(format!("{what} has no CUDA kernel in this build yet; use the CPU backend"))
+    }
+
+    /// Makes the primary context current for this thread until the guard drops.
+    pub(crate) fn bind(&self) -> Result<CtxGuard> {
+        check(unsafe { sys::cuCtxPushCurrent_v2(self.ctx) }, "cuCtxPushCurrent")?;
+        Ok(CtxGuard)
+    }
+
+    /// The kernels, loaded (or NVRTC-compiled) on first use. Call with the context bound.
+    pub(crate) fn kernels(&self) -> Result<&'static module::Kernels> {
+        let mut all = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, k)) = all.iter().find(|(o, _)| *o == self.ordinal) {
+            return k.as_ref().map_err(|e| e.clone());
+        }
+        // keep the primary context alive for as long as the cached modules
+        let mut c: sys::CUcontext = std::ptr::null_mut();
+        check(unsafe { sys::cuDevicePrimaryCtxRetain(&mut c, self.dev) }, "cuDevicePrimaryCtxRetain")?;
+        let k: &'static _ = Box::leak(Box::new(module::Kernels::load(&self.props)));
+        all.push((self.ordinal, k));
+        k.as_ref().map_err(|e| e.clone())
+    }
+
+    /// Loads the kernels now (module load or NVRTC compile), so that a later forward, for
+    /// example one being captured into a CUDA graph, does no first-use work.
+    pub fn prepare(&self) -> Result<()> {
+        let _g = self.bind()?;
+        self.kernels().map(|_| ())
+    }
+
+    /// Where the kernels came from ("fatbin" or "nvrtc ..."), loading them if needed.
+    pub fn kernel_source(&self) -> Result<String> {
+        let _g = self.bind()?;
+        self.kernels().map(|k| k.origin.clone())
+    }
+
+    /// The raw CUdevice handle.
+    pub fn raw_device(&self) -> sys::CUdevice {
+        self.dev
+    }
+
+    /// The primary context (retained by this device object).
+    pub fn raw_context(&self) -> sys::CUcontext {
+        self.ctx
+    }
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        unsafe {
+            let _ = sys::cuDevicePrimaryCtxRelease_v2(self.dev);
+        }
     }
 }

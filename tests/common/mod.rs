@@ -103,7 +103,7 @@ pub fn f64cfg(mut cfg: Config) -> Config {
 }
 
 pub fn forward(ctx: &Context, cfg: &Config, p: &Problem, pooled: Option<&[f32]>, head_alpha: Option<&[f32]>) -> ForwardOut {
-    let mut out = ForwardOut { o: vec![f32::NAN; p.q.len()], lse: vec![f32::NAN; p.n * p.hq * p.lq], tau: vec![f32::NAN; p.n * p.hq * p.lq] };
+    let out = ForwardOut { o: vec![f32::NAN; p.q.len()], lse: vec![f32::NAN; p.n * p.hq * p.lq], tau: vec![f32::NAN; p.n * p.hq * p.lq] };
     let nb = p.nb(cfg.block_size);
     let args = ForwardArgs {
         q: view(&p.q, DType::F32, &p.q_shape()),

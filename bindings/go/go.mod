@@ -1,0 +1,3 @@
+module github.com/dashattn/dashattn/bindings/go
+
+go 1.19

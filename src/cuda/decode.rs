@@ -1,0 +1,289 @@
+//! CUDA decode over a paged KV cache (SPEC 5), kernels/decode.cu: coarse selection per row
+//! and unit, split-KV attention over the selected + local blocks, merge by lse. The grid
+//! depends only on shapes (never on sequence lengths or page tables, which the kernels
+//! read on the device), so a step can be captured in a CUDA graph and replayed as they
+//! change. Also the pooled-key cache upkeep and dashattn_merge_states.
+
+use cudarc::driver::sys;
+
+use super::launch::{launch, s3, DeviceScratch, Layout};
+use super::CudaDevice;
+use crate::dtype::DType;
+use crate::error::{bail, Result};
+use crate::params::{Config, DecodeArgs, DecodeDims, MergeArgs, MergeDims, PagedDims, PoolPagedArgs, Selection, Tensor, Workspace};
+
+/// Mirror of `struct DecParams` in kernels/decode.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct DecParams {
+    q: u64,
+    sq: [i64; 3],
+    kc: u64,
+    vc: u64,
+    pc: u64,
+    sk: [i64; 3],
+    sv: [i64; 3],
+    sp: [i64; 3],
+    table: u64,
+    st: [i64; 2],
+    seq_lens: u64,
+    s_sl: i64,
+    prev_lens: u64,
+    s_prev: i64,
+    head_alpha: u64,
+    ha_stride: i64,
+    o: u64,
+    so: [i64; 3],
+    z: u64,
+    tau: u64,
+    sel_n: u64,
+    sel_idx: u64,
+    sel_beta: u64,
+    o_part: u64,
+    lse_part: u64,
+    n: i32,
+    q_len: i32,
+    hq: i32,
+    hkv: i32,
+    d: i32,
+    bs: i32,
+    ps: i32,
+    num_pages: i32,
+    max_pages: i32,
+    nbmax: i32,
+    n_local: i32,
+    per_head: i32,
+    group: i32,
+    splits: i32,
+    alpha: f32,
+    sigma: f32,
+    sigma_c: f32,
+}
+const _: () = assert!(std::mem::size_of::<DecParams>() == 360);
+
+/// Mirror of `struct MergeParams` in kernels/decode.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct MergeParams {
+    o_parts: u64,
+    sp: [i64; 4],
+    lse_parts: u64,
+    sl: [i64; 4],
+    o: u64,
+    so: [i64; 3],
+    lse: u64,
+    slo: [i64; 3],
+    s: i32,
+    n: i32,
+    l: i32,
+    h: i32,
+    d: i32,
+}
+const _: () = assert!(std::mem::size_of::<MergeParams>() == 168);
+
+fn sfx(dt: DType) -> Result<&'static str> {
+    match dt {
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
+        d => bail!(Unsupported, "the CUDA decode path takes bf16 or f16 tensors, not {}", d.name()),
+    }
+}
+
+fn kname(base: &str, s: &str) -> &'static str {
+    // Kernel names are a fixed set: leak-free static lookup.
+    match (base, s) {
+        ("pool", "bf16") => "dash_pool_paged_bf16",
+        ("pool", _) => "dash_pool_paged_f16",
+        ("coarse", "bf16") => "dash_dec_coarse_bf16",
+        ("coarse", _) => "dash_dec_coarse_f16",
+        ("attend", "bf16") => "dash_dec_attend_bf16",
+        ("attend", _) => "dash_dec_attend_f16",
+        ("merge_f32", "bf16") => "dash_merge_f32_bf16",
+        ("merge_f32", _) => "dash_merge_f32_f16",
+        ("merge", "bf16") => "dash_merge_bf16",
+        _ => "dash_merge_f16",
+    }
+}
+
+struct Plan {
+    units: usize,
+    hpu: usize,
+    nbmax: usize,
+    splits: usize,
+    layout: Layout,
+}
+
+fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
+    let p = &d.paged;
+    if p.d > 256 {
+        bail!(Unsupported, "the CUDA decode supports D <= 256");
+    }
+    if p.n > 65535 || d.q_len > 65535 {
+        bail!(Unsupported, "the CUDA decode supports N <= 65535");
+    }
+    let (units, hpu) = if cfg.selection == Selection::PerHead { (d.hq, 1) } else { (p.hkv, d.group) };
+    let nbmax = (p.max_pages * p.page_size / cfg.block_size).max(1);
+    let rows = p.n * units * d.q_len;
+    // Enough CTAs to fill the machine twice; a function of shapes only (graph-safe).
+    let want = (2 * dev.props.sm_count.max(1) as usize).div_ceil(rows.max(1));
+    let splits = want.clamp(1, 64).min(nbmax.max(1));
+    let optin = dev.props.smem_optin.max(48 * 1024) as usize;
+    if (2 * hpu * p.d + hpu * cfg.block_size + 2 * hpu) * 4 > optin || hpu * p.d * 4 > optin {
+        bail!(Unsupported, "the CUDA decode's shared memory need exceeds this device's limit");
+    }
+    let b = |parts: &[usize]| crate::params::bytes_of(parts, "CUDA decode workspace");
+    let layout = Layout::new(&[
+        b(&[rows, nbmax, 4])?,
+        b(&[rows, 4])?,
+        b(&[rows, 4])?,
+        b(&[rows, nbmax, 4])?,
+        b(&[rows, nbmax, 4])?,
+        b(&[splits, p.n, d.q_len, d.hq, p.d, 4])?,
+        b(&[splits, p.n, d.hq, d.q_len, 4])?,
+    ])?;
+    Ok(Plan { units, hpu, nbmax, splits, layout })
+}
+
+pub fn workspace_size(dev: &CudaDevice, cfg: &Config, d: &DecodeDims, dtype: DType) -> Result<usize> {
+    sfx(dtype)?;
+    Ok(plan(dev, cfg, d)?.layout.total)
+}
+
+fn cache_params(p: &PagedDims, k: &Tensor, pooled: &Tensor, table: &Tensor, seq_lens: &Tensor, cfg: &Config) -> DecParams {
+    DecParams {
+        kc: k.ptr as u64,
+        pc: pooled.ptr as u64,
+        sk: s3(k),
+        sp: s3(pooled),
+        table: table.ptr as u64,
+        st: [table.strides[0] as i64, table.strides[1] as i64],
+        seq_lens: seq_lens.ptr as u64,
+        s_sl: seq_lens.strides[0] as i64,
+        n: p.n as i32,
+        hkv: p.hkv as i32,
+        d: p.d as i32,
+        bs: cfg.block_size as i32,
+        ps: p.page_size as i32,
+        num_pages: p.num_pages.min(i32::MAX as usize) as i32,
+        max_pages: p.max_pages as i32,
+        n_local: cfg.n_local.min(1 << 30) as i32,
+        ..DecParams::default()
+    }
+}
+
+pub fn pool_keys_paged(dev: &CudaDevice, stream: usize, cfg: &Config, p: &PagedDims, a: &PoolPagedArgs, ws: Workspace) -> Result<()> {
+    let s = sfx(a.k_cache.dtype)?;
+    ws.check(0)?;
+    if p.n == 0 || p.hkv == 0 {
+        return Ok(());
+    }
+    if p.n > 65535 || p.hkv > 65535 {
+        bail!(Unsupported, "the CUDA pooled-key upkeep supports N, Hkv <= 65535");
+    }
+    let _g = dev.bind()?;
+    let kern = dev.kernels()?;
+    let mut dp = cache_params(p, &a.k_cache, &a.pooled_cache, &a.block_table, &a.seq_lens, cfg);
+    dp.prev_lens = a.prev_seq_lens.ptr as u64;
+    dp.s_prev = a.prev_seq_lens.strides[0] as i64;
+    let f = kern.function(kname("pool", s))?;
+    unsafe { launch(f, (p.hkv, p.n, 1), p.d.div_ceil(32) * 32, 0, stream as sys::CUstream, &dp, "cuLaunchKernel(dash_pool_paged)") }
+}
+
+pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, ws: Workspace) -> Result<()> {
+    let s = sfx(a.q.dtype)?;
+    let pl = plan(dev, cfg, d)?;
+    ws.check(pl.layout.total)?;
+    let p = &d.paged;
+    if p.n == 0 {
+        return Ok(());
+    }
+    let _g = dev.bind()?;
+    let kern = dev.kernels()?;
+    let stream = stream as sys::CUstream;
+    let scratch = DeviceScratch::new(ws, pl.layout.total, stream, "cuMemAllocAsync (decode workspace)")?;
+    let at = |i: usize| scratch.base + pl.layout.offsets[i] as u64;
+    let (sigma, sigma_c) = cfg.scales(p.d);
+    let mut dp = cache_params(p, &a.k_cache, &a.pooled_cache, &a.block_table, &a.seq_lens, cfg);
+    dp.q = a.q.ptr as u64;
+    dp.sq = s3(&a.q);
+    dp.vc = a.v_cache.ptr as u64;
+    dp.sv = s3(&a.v_cache);
+    dp.head_alpha = a.head_alpha.map_or(0, |t| t.ptr as u64);
+    dp.ha_stride = a.head_alpha.map_or(0, |t| t.strides[0] as i64);
+    dp.o = a.o.ptr as u64;
+    dp.so = s3(&a.o);
+    dp.z = at(0);
+    dp.tau = at(1);
+    dp.sel_n = at(2);
+    dp.sel_idx = at(3);
+    dp.sel_beta = at(4);
+    dp.o_part = at(5);
+    dp.lse_part = at(6);
+    dp.q_len = d.q_len as i32;
+    dp.hq = d.hq as i32;
+    dp.nbmax = pl.nbmax as i32;
+    dp.per_head = (cfg.selection == Selection::PerHead) as i32;
+    dp.group = d.group as i32;
+    dp.splits = pl.splits as i32;
+    dp.alpha = cfg.alpha;
+    dp.sigma = sigma as f32;
+    dp.sigma_c = sigma_c as f32;
+    let attend_smem = (2 * pl.hpu * p.d + pl.hpu * cfg.block_size + 2 * pl.hpu) * 4;
+    unsafe {
+        let f = kern.function(kname("coarse", s))?;
+        launch(f, (d.q_len, pl.units, p.n), 256, pl.hpu * p.d * 4, stream, &dp, "cuLaunchKernel(dash_dec_coarse)")?;
+        let f = kern.function(kname("attend", s))?;
+        launch(f, (pl.splits, p.n * pl.units, d.q_len), 128, attend_smem, stream, &dp, "cuLaunchKernel(dash_dec_attend)")?;
+    }
+    // Merge the splits into o (and lse).
+    let (n, l, h, dd, sp) = (p.n as i64, d.q_len as i64, d.hq as i64, p.d as i64, pl.splits as i64);
+    let mp = MergeParams {
+        o_parts: dp.o_part,
+        sp: [n * l * h * dd, l * h * dd, h * dd, dd],
+        lse_parts: dp.lse_part,
+        sl: [n * h * l, h * l, l, 1],
+        o: a.o.ptr as u64,
+        so: s3(&a.o),
+        lse: a.lse.map_or(0, |t| t.ptr as u64),
+        slo: a.lse.as_ref().map_or([0; 3], s3),
+        s: sp as i32,
+        n: p.n as i32,
+        l: d.q_len as i32,
+        h: d.hq as i32,
+        d: p.d as i32,
+    };
+    let f = kern.function(kname("merge_f32", s))?;
+    unsafe { launch(f, (d.hq, d.q_len, p.n), 128, 0, stream, &mp, "cuLaunchKernel(dash_merge)") }
+}
+
+pub fn merge_states(dev: &CudaDevice, stream: usize, m: &MergeDims, a: &MergeArgs) -> Result<()> {
+    let s = sfx(a.o.dtype)?;
+    let [parts, n, l, h, d] = *m;
+    if n == 0 || l == 0 || h == 0 {
+        return Ok(());
+    }
+    if h > i32::MAX as usize || l > 65535 || n > 65535 || parts > i32::MAX as usize {
+        bail!(Unsupported, "the CUDA merge supports L, N <= 65535");
+    }
+    let _g = dev.bind()?;
+    let kern = dev.kernels()?;
+    let st = |t: &Tensor, k: usize| -> Vec<i64> { (0..k).map(|i| t.strides[i] as i64).collect() };
+    let (op, lp) = (st(&a.o_parts, 4), st(&a.lse_parts, 4));
+    let mp = MergeParams {
+        o_parts: a.o_parts.ptr as u64,
+        sp: [op[0], op[1], op[2], op[3]],
+        lse_parts: a.lse_parts.ptr as u64,
+        sl: [lp[0], lp[1], lp[2], lp[3]],
+        o: a.o.ptr as u64,
+        so: s3(&a.o),
+        lse: a.lse.map_or(0, |t| t.ptr as u64),
+        slo: a.lse.as_ref().map_or([0; 3], s3),
+        s: parts as i32,
+        n: n as i32,
+        l: l as i32,
+        h: h as i32,
+        d: d as i32,
+    };
+    let f = kern.function(kname("merge", s))?;
+    unsafe { launch(f, (h, l, n), 128, 0, stream as sys::CUstream, &mp, "cuLaunchKernel(dash_merge)") }
+}

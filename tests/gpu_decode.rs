@@ -1,0 +1,242 @@
+//! CUDA decode, pooled-key upkeep and merge against the f64 CPU reference on the same
+//! (rounded) inputs, random page tables, ragged lengths; CUDA-graph capture and replay
+//! while sequence lengths change. Skips cleanly (reported) without a GPU.
+
+mod common;
+use common::*;
+use dashattn::api;
+use dashattn::cuda::util::{device, DeviceBuffer, Stream};
+use dashattn::ffi::types::DASHATTN_BACKEND_CUDA;
+use dashattn::params::{DecodeArgs, MergeArgs, PoolPagedArgs};
+use dashattn::{Config, Context, DType, Options, Precision, Selection, Tensor, Workspace};
+use half::bf16;
+
+fn cuda() -> Option<Context> {
+    match Context::new(&Options { backend: DASHATTN_BACKEND_CUDA, ..Options::default() }) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+fn dev_t(b: &DeviceBuffer, dt: DType, shape: &[usize]) -> Tensor {
+    let mut t = Tensor::contiguous(std::ptr::null(), dt, shape);
+    t.ptr = b.ptr as usize;
+    t
+}
+fn host_t<T>(v: &[T], dt: DType, shape: &[usize]) -> Tensor {
+    Tensor::contiguous(v.as_ptr() as *const u8, dt, shape)
+}
+fn bits(x: &[f32]) -> Vec<u16> {
+    x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect()
+}
+fn vals(b: &[u16]) -> Vec<f64> {
+    b.iter().map(|&x| bf16::from_bits(x).to_f64()).collect()
+}
+fn rel(a: &[f64], b: &[f64]) -> f64 {
+    let (mut n, mut d) = (0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        n += (x - y) * (x - y);
+        d += y * y;
+    }
+    if n.is_nan() { f64::INFINITY } else { (n / d.max(1e-300)).sqrt() }
+}
+
+struct Cache {
+    ps: usize,
+    pages: usize,
+    max_pages: usize,
+    k: Vec<u16>,
+    v: Vec<u16>,
+    table: Vec<i32>,
+    lens: Vec<i32>,
+}
+
+fn make_cache(rng: &mut Rng, n: usize, hkv: usize, d: usize, ps: usize, lens: &[usize], bs: usize) -> Cache {
+    let maxlen = *lens.iter().max().unwrap();
+    let max_pages = maxlen.div_ceil(ps) + 1;
+    let pages = n * max_pages + 2;
+    let mut order: Vec<usize> = (0..pages).collect();
+    for i in (1..pages).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    // Topic structure per block so that selection is sparse.
+    let row = hkv * d;
+    let mut k = rng.normals(pages * ps * row, 1.0);
+    let topics = rng.normals(pages * ps / bs.min(ps).max(1) * row + row, 1.5);
+    for (i, x) in k.iter_mut().enumerate() {
+        let tok = i / row;
+        *x += topics[(tok / bs.min(ps)) * row + i % row];
+    }
+    let table: Vec<i32> = (0..n * max_pages).map(|i| order[i] as i32).collect();
+    // Sequence 1 shares sequence 0's first page (a shared prefix).
+    let mut table = table;
+    if n > 1 {
+        table[max_pages] = table[0];
+    }
+    Cache { ps, pages, max_pages, k: bits(&k), v: bits(&rng.normals(pages * ps * row, 1.0)), table, lens: lens.iter().map(|&l| l as i32).collect() }
+}
+
+#[test]
+fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
+    let Some(gpu) = cuda() else { return };
+    let dev = device(&gpu).unwrap();
+    let cpu = cpu();
+    let mut rng = Rng::new(0xDEC0 ^ std::process::id() as u64);
+    let mut worst = 0.0f64;
+    for &(hq, hkv, d, bs, ps, sel, q_len) in &[
+        (32usize, 8usize, 128usize, 64usize, 64usize, Selection::PerGroup, 1usize),
+        (32, 8, 128, 64, 16, Selection::PerGroup, 1),
+        (8, 8, 64, 32, 128, Selection::PerHead, 1),
+        (16, 1, 64, 64, 64, Selection::PerGroup, 4),
+        (8, 2, 128, 128, 32, Selection::PerHead, 16),
+    ] {
+        let n = 4;
+        let lens = [3000usize, 777, 40.max(q_len), q_len];
+        let c = make_cache(&mut rng, n, hkv, d, ps, &lens, bs);
+        let cfg = Config { block_size: bs, selection: sel, ..Config::default() };
+        let rcfg = Config { precision: Precision::F64, ..cfg };
+        let slots = (ps / bs).max(1);
+        let (cs, pss) = ([c.pages, ps, hkv, d], [c.pages, slots, hkv, d]);
+        let up = |x: &[u16]| DeviceBuffer::from_slice(dev, x).unwrap();
+        let (dk, dvv) = (up(&c.k), up(&c.v));
+        let dpool = DeviceBuffer::new(dev, c.pages * slots * hkv * d * 2).unwrap();
+        dpool.fill_u32(0x7fc0_7fc0).unwrap();
+        let dtab = DeviceBuffer::from_slice(dev, &c.table).unwrap();
+        let dlens = DeviceBuffer::from_slice(dev, &c.lens).unwrap();
+        let zeros = vec![0i32; n];
+        let dprev = DeviceBuffer::from_slice(dev, &zeros).unwrap();
+        // Pooled-key upkeep on both backends.
+        let pa = PoolPagedArgs {
+            k_cache: dev_t(&dk, DType::BF16, &cs),
+            pooled_cache: dev_t(&dpool, DType::BF16, &pss),
+            block_table: dev_t(&dtab, DType::I32, &[n, c.max_pages]),
+            prev_seq_lens: dev_t(&dprev, DType::I32, &[n]),
+            seq_lens: dev_t(&dlens, DType::I32, &[n]),
+        };
+        api::pool_keys_paged(&gpu, &cfg, &pa, Workspace::none()).unwrap();
+        let mut pool_gpu = vec![0u16; c.pages * slots * hkv * d];
+        dpool.download(&mut pool_gpu).unwrap();
+        let pool_cpu = vec![bf16::NAN.to_bits(); pool_gpu.len()];
+        let pc = PoolPagedArgs {
+            k_cache: host_t(&c.k, DType::BF16, &cs),
+            pooled_cache: host_t(&pool_cpu, DType::BF16, &pss),
+            block_table: host_t(&c.table, DType::I32, &[n, c.max_pages]),
+            prev_seq_lens: host_t(&zeros, DType::I32, &[n]),
+            seq_lens: host_t(&c.lens, DType::I32, &[n]),
+        };
+        api::pool_keys_paged(&cpu, &cfg, &pc, Workspace::none()).unwrap();
+        let written: Vec<usize> = (0..pool_cpu.len()).filter(|&i| !bf16::from_bits(pool_cpu[i]).is_nan()).collect();
+        assert!(!written.is_empty());
+        for &i in &written {
+            let (a, b) = (bf16::from_bits(pool_gpu[i]).to_f32(), bf16::from_bits(pool_cpu[i]).to_f32());
+            assert!((a - b).abs() <= 1e-2 * (1.0 + b.abs()), "pooled cache [{i}]: gpu {a} cpu {b}");
+        }
+        // Decode: CPU reference reads the GPU's pooled cache (identical inputs).
+        let q = bits(&rng.normals(n * q_len * hq * d, 1.0));
+        let qsh = [n, q_len, hq, d];
+        let o_ref = vec![f64::NAN; q.len()];
+        let lse_ref = vec![f64::NAN; n * hq * q_len];
+        let to64 = |x: &[u16]| vals(x);
+        let (k64, v64, p64, q64) = (to64(&c.k), to64(&c.v), to64(&pool_gpu), to64(&q));
+        let ra = DecodeArgs {
+            q: host_t(&q64, DType::F64, &qsh),
+            k_cache: host_t(&k64, DType::F64, &cs),
+            v_cache: host_t(&v64, DType::F64, &cs),
+            pooled_cache: host_t(&p64, DType::F64, &pss),
+            block_table: pc.block_table,
+            seq_lens: pc.seq_lens,
+            head_alpha: None,
+            o: host_t(&o_ref, DType::F64, &qsh),
+            lse: Some(host_t(&lse_ref, DType::F64, &[n, hq, q_len])),
+        };
+        api::decode(&cpu, &rcfg, &ra, Workspace::none()).unwrap();
+        let dq = up(&q);
+        let dout = DeviceBuffer::new(dev, q.len() * 2).unwrap();
+        let dlse = DeviceBuffer::new(dev, n * hq * q_len * 4).unwrap();
+        let ga = DecodeArgs {
+            q: dev_t(&dq, DType::BF16, &qsh),
+            k_cache: dev_t(&dk, DType::BF16, &cs),
+            v_cache: dev_t(&dvv, DType::BF16, &cs),
+            pooled_cache: dev_t(&dpool, DType::BF16, &pss),
+            block_table: pa.block_table,
+            seq_lens: pa.seq_lens,
+            head_alpha: None,
+            o: dev_t(&dout, DType::BF16, &qsh),
+            lse: Some(dev_t(&dlse, DType::F32, &[n, hq, q_len])),
+        };
+        dout.fill_u32(0x7fc0_7fc0).unwrap();
+        api::decode(&gpu, &cfg, &ga, Workspace::none()).unwrap();
+        let mut o_gpu = vec![0u16; q.len()];
+        dout.download(&mut o_gpu).unwrap();
+        let mut lse_gpu = vec![0f32; n * hq * q_len];
+        dlse.download(&mut lse_gpu).unwrap();
+        let err = rel(&vals(&o_gpu), &o_ref);
+        let lerr = lse_gpu.iter().zip(&lse_ref).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+        eprintln!("decode hq {hq} hkv {hkv} d {d} B {bs} page {ps} {sel:?} q_len {q_len}: rel L2 o {err:.2e}, max |lse diff| {lerr:.2e}");
+        assert!(err <= 1e-2, "decode rel L2 {err:e}");
+        assert!(lerr <= 1e-2, "decode lse diff {lerr:e}");
+        worst = worst.max(err);
+
+        // Graph: capture one decode with a caller workspace, replay with new lengths.
+        let need = api::decode_workspace_size(&gpu, &cfg, &ga.q, &ga.k_cache, &ga.pooled_cache, &ga.block_table, &ga.seq_lens).unwrap();
+        let ws = DeviceBuffer::new(dev, need).unwrap();
+        let stream = Stream::new(dev).unwrap();
+        let mut gctx = Context::new(&Options { backend: DASHATTN_BACKEND_CUDA, ..Options::default() }).unwrap();
+        gctx.stream = stream.handle();
+        let wsd = Workspace { ptr: ws.ptr as usize, len: need };
+        let graph = stream.capture(|| api::decode(&gctx, &cfg, &ga, wsd)).unwrap();
+        let lens2: Vec<i32> = c.lens.iter().map(|&l| (l - 7).max(q_len as i32)).collect();
+        for lens_now in [&c.lens, &lens2] {
+            dlens.upload(lens_now).unwrap();
+            dout.fill_u32(0x7fc0_7fc0).unwrap();
+            graph.launch(&stream).unwrap();
+            stream.sync().unwrap();
+            let mut og = vec![0u16; q.len()];
+            dout.download(&mut og).unwrap();
+            // Eager run on the same lengths for comparison.
+            api::decode(&gpu, &cfg, &ga, Workspace::none()).unwrap();
+            let mut oe = vec![0u16; q.len()];
+            dout.download(&mut oe).unwrap();
+            assert_eq!(og, oe, "graph replay differs from an eager run");
+        }
+        dlens.upload(&c.lens).unwrap();
+    }
+    eprintln!("gpu decode: worst rel L2 {worst:.2e}");
+}
+
+#[test]
+fn gpu_merge_states_matches_cpu() {
+    let Some(gpu) = cuda() else { return };
+    let dev = device(&gpu).unwrap();
+    let mut rng = Rng::new(77);
+    let (s, n, l, h, d) = (3usize, 2usize, 5usize, 4usize, 64usize);
+    let o = bits(&rng.normals(s * n * l * h * d, 1.0));
+    let mut lse: Vec<f32> = rng.normals(s * n * h * l, 2.0);
+    lse[3] = f32::NEG_INFINITY;
+    let out_cpu = vec![0u16; n * l * h * d];
+    let lse_cpu = vec![0f32; n * h * l];
+    let ma = MergeArgs {
+        o_parts: host_t(&o, DType::BF16, &[s, n, l, h, d]),
+        lse_parts: host_t(&lse, DType::F32, &[s, n, h, l]),
+        o: host_t(&out_cpu, DType::BF16, &[n, l, h, d]),
+        lse: Some(host_t(&lse_cpu, DType::F32, &[n, h, l])),
+    };
+    api::merge_states(&cpu(), Precision::F32, &ma).unwrap();
+    let (dop, dl) = (DeviceBuffer::from_slice(dev, &o).unwrap(), DeviceBuffer::from_slice(dev, &lse).unwrap());
+    let (dout, dlo) = (DeviceBuffer::new(dev, out_cpu.len() * 2).unwrap(), DeviceBuffer::new(dev, lse_cpu.len() * 4).unwrap());
+    let ga = MergeArgs {
+        o_parts: dev_t(&dop, DType::BF16, &[s, n, l, h, d]),
+        lse_parts: dev_t(&dl, DType::F32, &[s, n, h, l]),
+        o: dev_t(&dout, DType::BF16, &[n, l, h, d]),
+        lse: Some(dev_t(&dlo, DType::F32, &[n, h, l])),
+    };
+    api::merge_states(&gpu, Precision::F32, &ga).unwrap();
+    let mut og = vec![0u16; out_cpu.len()];
+    dout.download(&mut og).unwrap();
+    let err = rel(&vals(&og), &vals(&out_cpu));
+    assert!(err < 1e-2, "merge rel L2 {err:e}");
+    let _ = max_abs_diff;
+}
