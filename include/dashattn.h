@@ -143,7 +143,7 @@ typedef struct dashattn_tensor {
 // A required pointer argument was NULL.
 #define DASHATTN_ERR_NULL_POINTER 1
 
-// An argument has an invalid value (enum out of range, NaN, bad alpha, ...).
+// An argument has an invalid value (options out of range, a bad head_alpha entry, overlapping outputs, ...).
 #define DASHATTN_ERR_INVALID_ARGUMENT 2
 
 // A tensor has the wrong rank or a shape inconsistent with the other tensors.
@@ -249,14 +249,15 @@ dashattn_status dashattn_forward_workspace_size(struct dashattn_context *ctx,
 //
 // Layouts (element strides arbitrary and non-negative, last dimension contiguous):
 //  - q [N, Lq, Hq, D]; k, v [N, Lk, Hkv, D]; Hq a multiple of Hkv; q, k, v one dtype
-//    (f32, f16 or bf16). Query row r sits at position Lk - Lq + r.
+//    (f16 or bf16 on CUDA; f32, f16, bf16 or f64 on the CPU). Query row r sits at
+//    position Lk - Lq + r.
 //  - pooled_k (optional, may be NULL) [N, ceil(Lk/B), Hkv, D], same dtype: the caller's
 //    pooled block keys; NULL means mean pooling of k.
 //  - head_alpha (optional) [Hq] f32 in [1, 2]: per-head alpha overriding config->alpha;
 //    with per-group selection a group uses its first head's alpha.
 //  - o [N, Lq, Hq, D] output, dtype of q.
 //  - lse, tau (optional outputs, NULL to skip; required later by dashattn_backward)
-//    [N, Hq, Lq] f32. A row that attends no key gets o = 0 and lse = -inf; tau is -inf
+//    [N, Hq, Lq] f32 (the CPU backend also writes f64, for reference runs). A row that attends no key gets o = 0 and lse = -inf; tau is -inf
 //    for rows without candidate blocks.
 //  - workspace: `workspace_size` bytes, 256-byte aligned, at least what
 //    dashattn_forward_workspace_size returned; NULL and 0 let the library allocate.

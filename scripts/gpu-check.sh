@@ -4,7 +4,7 @@
 # Build here first:  CUDA_HOME=... cargo build --release --tests --examples
 #                    scripts/gpu-check.sh stage   (copies the binaries into .dev/)
 # then on the device: bash scripts/gpu-check.sh run
-set -u
+set -u -o pipefail
 if [ "${1:-}" = stage ]; then
     mkdir -p .dev && rm -f .dev/gpu_forward .dev/bench_forward
     cp "$(ls -t target/release/deps/gpu_forward-* | grep -v '\.d$' | head -1)" .dev/gpu_forward

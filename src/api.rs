@@ -32,8 +32,10 @@ pub fn forward_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k: &Tenso
     check_precision(ctx, cfg)?;
     let dims = attn_dims(cfg, q, k, v, pooled_k)?;
     check_dtype(ctx, q)?;
-    cpu_only(ctx, "forward")?;
-    cpu::forward_workspace_size(cfg, &dims, pooled_k.is_some())
+    match &ctx.backend {
+        Backend::Cpu => cpu::forward_workspace_size(cfg, &dims, pooled_k.is_some()),
+        Backend::Cuda(dev) => crate::cuda::forward::workspace_size(dev, cfg, &dims, q.dtype),
+    }
 }
 
 pub fn forward(ctx: &Context, cfg: &Config, a: &ForwardArgs, ws: Workspace) -> Result<()> {
@@ -42,8 +44,10 @@ pub fn forward(ctx: &Context, cfg: &Config, a: &ForwardArgs, ws: Workspace) -> R
     for t in [Some(&a.q), a.lse.as_ref(), a.tau.as_ref()].into_iter().flatten() {
         check_dtype(ctx, t)?;
     }
-    cpu_only(ctx, "forward")?;
-    cpu::forward(ctx.threads, cfg, &dims, a, ws)
+    match &ctx.backend {
+        Backend::Cpu => cpu::forward(ctx.threads, cfg, &dims, a, ws),
+        Backend::Cuda(dev) => crate::cuda::forward::forward(dev, ctx.stream, cfg, &dims, a, ws),
+    }
 }
 
 pub fn backward_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k: &Tensor, v: &Tensor, pooled_k: Option<&Tensor>) -> Result<usize> {

@@ -300,13 +300,6 @@ fn flag(name: &str, v: i32) -> Result<bool> {
     }
 }
 
-pub fn check_alpha(name: &str, a: f32) -> Result<()> {
-    if !(1.0..=2.0).contains(&a) {
-        bail!(InvalidArgument, "{name} = {a} (alpha must lie in [1, 2])");
-    }
-    Ok(())
-}
-
 impl Config {
     pub fn from_ffi(c: &dashattn_config) -> Result<Config> {
         let want = std::mem::size_of::<dashattn_config>() as u32;
@@ -350,7 +343,9 @@ impl Config {
         if self.n_local > 1 << 20 {
             bail!(InvalidConfig, "config.n_local = {} is unreasonably large", self.n_local);
         }
-        check_alpha("config.alpha", self.alpha)?;
+        if !(1.0..=2.0).contains(&self.alpha) {
+            bail!(InvalidConfig, "config.alpha = {} (alpha must lie in [1, 2])", self.alpha);
+        }
         if !self.scale.is_finite() || self.scale < 0.0 {
             bail!(InvalidConfig, "config.scale = {} (must be finite and >= 0; 0 means 1/sqrt(D))", self.scale);
         }

@@ -35,3 +35,13 @@ fn header_is_strict_c99() {
 fn header_is_cpp17() {
     compiles("c++", &["-std=c++17", "-pedantic", "-Wall", "-Wextra", "-Werror"], USE, "cpp");
 }
+
+#[test]
+fn version_constants_match_the_package_version() {
+    use dashattn::ffi::version::*;
+    let s = format!("{DASHATTN_VERSION_MAJOR}.{DASHATTN_VERSION_MINOR}.{DASHATTN_VERSION_PATCH}");
+    assert_eq!(s, env!("CARGO_PKG_VERSION"));
+    let c = unsafe { std::ffi::CStr::from_ptr(dashattn_version_string()) };
+    assert_eq!(c.to_str().unwrap(), s);
+    assert_eq!(dashattn_version(), DASHATTN_VERSION_MAJOR * 10000 + DASHATTN_VERSION_MINOR * 100 + DASHATTN_VERSION_PATCH);
+}

@@ -145,7 +145,7 @@ static void test_context_ownership() {
 }
 
 // Short context (Lk <= B): no candidate block, so the operator is plain causal softmax
-// attention and tau is -inf; constant values give a constant output.
+// attention (SPEC 6) and tau is -inf.
 static void test_short_context_is_dense(da::Context& ctx) {
   std::mt19937 rng(1);
   Dims s{2, 5, 9, 4, 2, 16};
@@ -401,9 +401,10 @@ static void test_errors(da::Context& ctx) {
   std::string msg = expect_status("block_size 48", da::Status::InvalidConfig, [&] { fwd(da::Config().block_size(48), tq, tk, to); });
   CHECK(msg.find("block_size") != std::string::npos, "message should name block_size: %s", msg.c_str());
   all_untouched("block_size 48");
-  expect_status("alpha 3", da::Status::InvalidArgument, [&] { fwd(da::Config(good).alpha(3.f), tq, tk, to); });
+  // config.alpha is a config field: INVALID_CONFIG (head_alpha values: INVALID_ARGUMENT).
+  expect_status("alpha 3", da::Status::InvalidConfig, [&] { fwd(da::Config(good).alpha(3.f), tq, tk, to); });
   all_untouched("alpha 3");
-  expect_status("alpha NaN", da::Status::InvalidArgument,
+  expect_status("alpha NaN", da::Status::InvalidConfig,
                 [&] { fwd(da::Config(good).alpha(std::numeric_limits<float>::quiet_NaN()), tq, tk, to); });
   expect_status("causal with n_local 0", da::Status::InvalidConfig, [&] { fwd(da::Config(good).n_local(0), tq, tk, to); });
   expect_status("selection 7", da::Status::InvalidConfig, [&] {

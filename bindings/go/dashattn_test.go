@@ -511,8 +511,8 @@ func TestErrors(t *testing.T) {
 		in   string // a word the message must contain
 	}{
 		{"block size 48", with(func(c *Config) { c.BlockSize = 48 }), nil, StatusInvalidConfig, "block_size"},
-		{"alpha 3", with(func(c *Config) { c.Alpha = 3 }), nil, StatusInvalidArgument, "alpha"},
-		{"alpha NaN", with(func(c *Config) { c.Alpha = float32(math.NaN()) }), nil, StatusInvalidArgument, "alpha"},
+		{"alpha 3", with(func(c *Config) { c.Alpha = 3 }), nil, StatusInvalidConfig, "alpha"},
+		{"alpha NaN", with(func(c *Config) { c.Alpha = float32(math.NaN()) }), nil, StatusInvalidConfig, "alpha"},
 		{"causal n_local 0", with(func(c *Config) { c.NLocal = 0 }), nil, StatusInvalidConfig, "n_local"},
 		{"selection 5", with(func(c *Config) { c.Selection = 5 }), nil, StatusInvalidConfig, "selection"},
 		{"negative scale", with(func(c *Config) { c.Scale = -1 }), nil, StatusInvalidConfig, "scale"},

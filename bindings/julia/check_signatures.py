@@ -480,7 +480,7 @@ def run_checks(header_text: str, julia_text: str, verbose: bool = False) -> Repo
 # Self-test: the checker must notice deliberate mismatches.
 
 
-def self_test(header_text: str, julia_text: str) -> int:
+def self_test(header_text: str, julia_text: str, verbose: bool = False) -> int:
     base = run_checks(header_text, julia_text)
     if base.failures:
         print("self-test: the unmodified binding already fails; fix that first")
@@ -511,7 +511,8 @@ def self_test(header_text: str, julia_text: str) -> int:
             continue
         rep = run_checks(header_text, julia_text.replace(old, new, 1))
         if rep.failures:
-            print(f"self-test ok: {what}: {rep.failures[0]}")
+            if verbose:
+                print(f"self-test ok: {what} -> {rep.failures[0]}")
         else:
             print(f"self-test FAIL: {what}: not detected")
             bad += 1
@@ -519,11 +520,13 @@ def self_test(header_text: str, julia_text: str) -> int:
     hmut = header_text.replace("uint32_t dashattn_version(void);", "uint32_t dashattn_version(int32_t x);")
     rep = run_checks(hmut, julia_text)
     if rep.failures and hmut != header_text:
-        print(f"self-test ok: header prototype changed: {rep.failures[0]}")
+        if verbose:
+            print(f"self-test ok: header prototype changed -> {rep.failures[0]}")
     else:
         print("self-test FAIL: header prototype change not detected")
         bad += 1
-    print(f"self-test: {len(mutations) + 1 - bad} passed, {bad} failed")
+    print(f"check_signatures self-test: {len(mutations) + 1} deliberate mismatches, "
+          f"{len(mutations) + 1 - bad} passed (detected), {bad} failed")
     return 1 if bad else 0
 
 
@@ -539,7 +542,7 @@ def main() -> int:
     with open(args.julia, encoding="utf-8") as f:
         julia_text = f.read()
     if args.self_test:
-        return self_test(header_text, julia_text)
+        return self_test(header_text, julia_text, verbose=args.verbose)
     rep = run_checks(header_text, julia_text, verbose=args.verbose)
     for n in rep.notes:
         print(n)

@@ -47,7 +47,7 @@ pub unsafe extern "C" fn dashattn_context_create(options: *const dashattn_contex
         if out_ctx.is_null() {
             bail!(NullPointer, "out_ctx is NULL");
         }
-        let opts = if options.is_null() { Options::default() } else { Options::from_ffi(&read_sized("options", options)?)? };
+        let opts = if options.is_null() { Options::default() } else { Options::from_ffi(&read_sized("options", options, crate::error::Error::InvalidArgument)?)? };
         let ctx = Box::new(dashattn_context { magic: CONTEXT_MAGIC, inner: Context::new(&opts)? });
         write_out("out_ctx", out_ctx, Box::into_raw(ctx))
     })

@@ -46,14 +46,15 @@ pub(crate) fn guard(f: impl FnOnce() -> Result<()>) -> dashattn_status {
     }
 }
 
-/// Reads a size-prefixed struct: checks NULL, then that struct_size matches.
-pub(crate) unsafe fn read_sized<T: Copy>(name: &str, p: *const T) -> Result<T> {
+/// Reads a size-prefixed struct: checks NULL, then that struct_size matches (a mismatch is
+/// reported with `mismatch`'s status: INVALID_CONFIG for configs, INVALID_ARGUMENT else).
+pub(crate) unsafe fn read_sized<T: Copy>(name: &str, p: *const T, mismatch: fn(String) -> Error) -> Result<T> {
     if p.is_null() {
         return Err(Error::NullPointer(format!("{name} is NULL")));
     }
     let size = std::ptr::read_unaligned(p as *const u32);
     if size as usize != std::mem::size_of::<T>() {
-        return Err(Error::InvalidConfig(format!(
+        return Err(mismatch(format!(
             "{name}->struct_size = {size} (this library expects {}; initialise it with the *_default function)",
             std::mem::size_of::<T>()
         )));

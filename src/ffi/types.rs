@@ -10,7 +10,7 @@ pub type dashattn_status = i32;
 pub const DASHATTN_SUCCESS: dashattn_status = 0;
 /// A required pointer argument was NULL.
 pub const DASHATTN_ERR_NULL_POINTER: dashattn_status = 1;
-/// An argument has an invalid value (enum out of range, NaN, bad alpha, ...).
+/// An argument has an invalid value (options out of range, a bad head_alpha entry, overlapping outputs, ...).
 pub const DASHATTN_ERR_INVALID_ARGUMENT: dashattn_status = 2;
 /// A tensor has the wrong rank or a shape inconsistent with the other tensors.
 pub const DASHATTN_ERR_INVALID_SHAPE: dashattn_status = 3;

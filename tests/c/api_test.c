@@ -113,6 +113,20 @@ static float f16_to_f32(uint16_t h) {
     return f;
 }
 
+static uint16_t f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u); /* NaN stays NaN */
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+static float bf16_to_f32(uint16_t h) {
+    uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
 static size_t dsize(int32_t dt) {
     switch (dt) {
     case DASHATTN_DTYPE_F64: return 8;
@@ -128,6 +142,7 @@ static void *to_dtype(const double *x, size_t n, int32_t dt) {
     for (size_t i = 0; i < n; i++) {
         if (dt == DASHATTN_DTYPE_F64) ((double *)p)[i] = x[i];
         else if (dt == DASHATTN_DTYPE_F16) ((uint16_t *)p)[i] = f32_to_f16((float)x[i]);
+        else if (dt == DASHATTN_DTYPE_BF16) ((uint16_t *)p)[i] = f32_to_bf16((float)x[i]);
         else ((float *)p)[i] = (float)x[i];
     }
     return p;
@@ -135,6 +150,7 @@ static void *to_dtype(const double *x, size_t n, int32_t dt) {
 static double elem(const void *p, size_t i, int32_t dt) {
     if (dt == DASHATTN_DTYPE_F64) return ((const double *)p)[i];
     if (dt == DASHATTN_DTYPE_F16) return f16_to_f32(((const uint16_t *)p)[i]);
+    if (dt == DASHATTN_DTYPE_BF16) return bf16_to_f32(((const uint16_t *)p)[i]);
     return ((const float *)p)[i];
 }
 /* Rounds values in place to what dtype dt can hold (so C references see what the library sees). */
@@ -142,6 +158,7 @@ static void round_to(double *x, size_t n, int32_t dt) {
     for (size_t i = 0; i < n; i++) {
         if (dt == DASHATTN_DTYPE_F32) x[i] = (float)x[i];
         else if (dt == DASHATTN_DTYPE_F16) x[i] = f16_to_f32(f32_to_f16((float)x[i]));
+        else if (dt == DASHATTN_DTYPE_BF16) x[i] = bf16_to_f32(f32_to_bf16((float)x[i]));
     }
 }
 
@@ -474,6 +491,16 @@ static double max_abs_diff(const double *a, const double *b, size_t n) {
     return m;
 }
 
+static double rel_l2(const double *a, const double *ref, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        num += (a[i] - ref[i]) * (a[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    if (num != num) return INFINITY;
+    return sqrt(num / (den > 1e-300 ? den : 1e-300));
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* Numerical tests                                                                      */
 
@@ -557,6 +584,12 @@ static void test_forward_vs_reference(void) {
         {2, 80, 80, 4, 2, 8, 16, 1, 1, 1, 1.5, 1, 0},   /* per-head alpha */
         {2, 80, 80, 4, 2, 8, 16, 1, 1, 0, 1.5, 1, 0},   /* per-head alpha, per group: first head */
         {1, 80, 90, 4, 2, 8, 16, 1, 1, 0, 1.5, 0, 1},   /* caller pooled keys */
+        {1, 96, 200, 2, 1, 8, 16, 1, 1, 0, 1.01, 0, 0}, /* alpha near 1 */
+        {1, 96, 200, 2, 1, 8, 16, 1, 1, 1, 1.99, 0, 0}, /* alpha near 2 */
+        {2, 50, 20, 4, 2, 8, 16, 0, 1, 0, 1.5, 0, 0},   /* non-causal, Lq > Lk */
+        {1, 40, 300, 8, 2, 32, 64, 1, 1, 0, 1.5, 0, 0}, /* B = 64, G = 4 */
+        {1, 30, 300, 2, 1, 16, 128, 1, 1, 1, 1.5, 0, 0}, /* B = 128 */
+        {1, 64, 64, 2, 1, 256, 16, 1, 1, 0, 1.5, 0, 0}, /* D = 256 */
     };
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         prob_t p = make_prob(cases[ci].n, cases[ci].lq, cases[ci].lk, cases[ci].hq, cases[ci].hkv, cases[ci].d, cases[ci].bs, 1.5);
@@ -572,26 +605,37 @@ static void test_forward_vs_reference(void) {
         c.alpha = (float)cases[ci].alpha;
         if (cases[ci].use_ha) {
             p.ha = xmalloc((size_t)p.hq * sizeof(double));
-            for (int h = 0; h < p.hq; h++) p.ha[h] = 1.0 + (double)h / (p.hq - 1); /* 1 .. 2 */
+            for (int h = 0; h < p.hq; h++) p.ha[h] = (float)(1.0 + (double)h / (p.hq - 1)); /* 1 .. 2, as f32 */
         }
         if (cases[ci].use_pk) {
             size_t npk = (size_t)p.n * nb * p.hkv * p.d;
             p.pk = xmalloc(npk * sizeof(double));
             for (size_t i = 0; i < npk; i++) p.pk[i] = 1.5 * rng_normal();
         }
-        for (int mode = 0; mode < 2; mode++) {
-            int32_t dt = mode ? DASHATTN_DTYPE_F64 : DASHATTN_DTYPE_F32;
-            double tol = mode ? 1e-9 : 2e-5;
+        /* modes: f64 tensors + f64 accumulation, f32, f16, bf16 (each on inputs rounded to
+         * the dtype, compared with the double reference on the same rounded inputs). The
+         * rounding is applied in place, from fine to coarse, so earlier modes are unaffected. */
+        for (int mode = 0; mode < 4; mode++) {
+            static const int32_t dts[4] = {DASHATTN_DTYPE_F64, DASHATTN_DTYPE_F32, DASHATTN_DTYPE_F16, DASHATTN_DTYPE_BF16};
+            static const char *names[4] = {"f64", "f32", "f16", "bf16"};
+            static const double rel_tol[4] = {1e-12, 1e-5, 2e-3, 1e-2};
+            int32_t dt = dts[mode];
+            double tol = mode == 0 ? 1e-9 : 2e-5;
             char label[96];
-            prob_t pr = p;
-            sprintf(label, "forward case %d (%s)", (int)ci, mode ? "f64" : "f32");
-            c.precision = mode ? DASHATTN_PRECISION_F64 : DASHATTN_PRECISION_DEFAULT;
-            if (!mode) round_prob(&pr, DASHATTN_DTYPE_F32, c.block_size); /* p's arrays rounded in place: fine for f64 too */
-            ref_forward(&pr, &c, ro, rl, rt);
-            must(lib_forward(&pr, &c, dt, o, lse, tau), label);
-            CHECK(max_abs_diff(o, ro, nq) <= tol, "%s: max |o - reference| = %g > %g", label, max_abs_diff(o, ro, nq), tol);
-            CHECK(max_abs_diff(lse, rl, ns) <= tol * 10, "%s: max |lse - reference| = %g > %g", label, max_abs_diff(lse, rl, ns), tol * 10);
-            CHECK(max_abs_diff(tau, rt, ns) <= tol * 10, "%s: max |tau - reference| = %g > %g", label, max_abs_diff(tau, rt, ns), tol * 10);
+            sprintf(label, "forward case %d (%s)", (int)ci, names[mode]);
+            c.precision = mode == 0 ? DASHATTN_PRECISION_F64 : DASHATTN_PRECISION_DEFAULT;
+            if (mode > 0) round_prob(&p, dt, c.block_size);
+            ref_forward(&p, &c, ro, rl, rt);
+            must(lib_forward(&p, &c, dt, o, lse, tau), label);
+            CHECK(rel_l2(o, ro, nq) <= rel_tol[mode], "%s: relative L2 error of o = %g > %g", label, rel_l2(o, ro, nq), rel_tol[mode]);
+            if (mode <= 1) {
+                CHECK(max_abs_diff(o, ro, nq) <= tol, "%s: max |o - reference| = %g > %g", label, max_abs_diff(o, ro, nq), tol);
+                CHECK(max_abs_diff(lse, rl, ns) <= tol * 10, "%s: max |lse - reference| = %g > %g", label, max_abs_diff(lse, rl, ns), tol * 10);
+                CHECK(max_abs_diff(tau, rt, ns) <= tol * 10, "%s: max |tau - reference| = %g > %g", label, max_abs_diff(tau, rt, ns), tol * 10);
+            } else {
+                CHECK(max_abs_diff(lse, rl, ns) <= 1e-4, "%s: max |lse - reference| = %g > %g", label, max_abs_diff(lse, rl, ns), 1e-4);
+                CHECK(max_abs_diff(tau, rt, ns) <= 1e-4, "%s: max |tau - reference| = %g > %g", label, max_abs_diff(tau, rt, ns), 1e-4);
+            }
         }
         free(o); free(lse); free(tau); free(ro); free(rl); free(rt);
         free_prob(&p);
@@ -622,6 +666,44 @@ static void test_workspace_roundtrip(void) {
     must(dashattn_forward(g_ctx, &c, &tq, &tk, &tv, NULL, NULL, &to, NULL, NULL, NULL, 0), "forward without workspace");
     CHECK(memcmp(o1, o2, nq * 4) == 0, "%s", "forward with caller workspace differs from library-managed scratch", 0, 0);
     free(ws); free(q); free(k); free(v); free(o1); free(o2);
+    free_prob(&p);
+}
+
+/* Results do not depend on the number of CPU threads (forward, and deterministic backward). */
+static void test_thread_independence(void) {
+    prob_t p = make_prob(2, 100, 150, 4, 2, 16, 16, 1.5);
+    dashattn_config c = default_config();
+    dashattn_context_options o;
+    dashattn_context *one = NULL, *keep = g_ctx;
+    size_t nq = (size_t)p.n * p.lq * p.hq * p.d, nk = (size_t)p.n * p.lk * p.hkv * p.d, ns = (size_t)p.n * p.hq * p.lq;
+    double *o1 = xmalloc(nq * 8), *o2 = xmalloc(nq * 8), *l1 = xmalloc(ns * 8), *l2 = xmalloc(ns * 8), *t1_ = xmalloc(ns * 8), *t2_ = xmalloc(ns * 8);
+    double *w = xmalloc(nq * 8), *g1[3], *g2[3];
+    c.block_size = 16;
+    for (int i = 0; i < 3; i++) {
+        g1[i] = xmalloc((i ? nk : nq) * 8);
+        g2[i] = xmalloc((i ? nk : nq) * 8);
+    }
+    for (size_t i = 0; i < nq; i++) w[i] = rng_normal();
+    dashattn_context_options_default(&o);
+    o.backend = DASHATTN_BACKEND_CPU;
+    o.num_threads = 1;
+    must(dashattn_context_create(&o, &one), "1-thread context");
+    c.precision = DASHATTN_PRECISION_F64;
+    must(lib_forward(&p, &c, DASHATTN_DTYPE_F32, o1, l1, t1_), "forward (all threads)");
+    must(lib_backward64(&p, &c, w, g1[0], g1[1], g1[2], NULL), "backward (all threads)");
+    g_ctx = one;
+    must(lib_forward(&p, &c, DASHATTN_DTYPE_F32, o2, l2, t2_), "forward (1 thread)");
+    must(lib_backward64(&p, &c, w, g2[0], g2[1], g2[2], NULL), "backward (1 thread)");
+    g_ctx = keep;
+    CHECK(memcmp(o1, o2, nq * 8) == 0 && memcmp(l1, l2, ns * 8) == 0 && memcmp(t1_, t2_, ns * 8) == 0, "%s", "forward differs between 1 and all threads", 0, 0);
+    CHECK(memcmp(g1[0], g2[0], nq * 8) == 0 && memcmp(g1[1], g2[1], nk * 8) == 0 && memcmp(g1[2], g2[2], nk * 8) == 0, "%s",
+          "deterministic backward differs between 1 and all threads", 0, 0);
+    must(dashattn_context_destroy(one), "destroy 1-thread context");
+    for (int i = 0; i < 3; i++) {
+        free(g1[i]);
+        free(g2[i]);
+    }
+    free(o1); free(o2); free(l1); free(l2); free(t1_); free(t2_); free(w);
     free_prob(&p);
 }
 
@@ -812,6 +894,8 @@ static void test_backward_fd(void) {
         {48, 64, 2, 2, 0, 1, 1, 0, 1.0},
         {40, 56, 2, 1, 1, 0, 1, 0, 1.5}, /* non-causal with a partial block */
         {64, 64, 4, 2, 0, 1, 1, 1, 1.5}, /* caller pooled keys: d_pooled_k */
+        {64, 64, 6, 2, 0, 1, 1, 0, 1.5}, /* per group, G = 3: the 1/G factor */
+        {48, 80, 4, 2, 0, 1, 2, 2, 1.5}, /* n_local 2; use_pk = 2: per-head alpha instead */
     };
     const double eps = 1e-5;
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
@@ -833,7 +917,10 @@ static void test_backward_fd(void) {
         c.causal = cases[ci].causal;
         c.n_local = cases[ci].n_local;
         c.alpha = (float)cases[ci].alpha;
-        if (cases[ci].use_pk) {
+        if (cases[ci].use_pk == 2) {
+            p.ha = xmalloc((size_t)p.hq * sizeof(double));
+            for (int h = 0; h < p.hq; h++) p.ha[h] = (float)(1.0 + 0.3 * h);
+        } else if (cases[ci].use_pk) {
             p.pk = xmalloc(npk * 8);
             for (size_t i = 0; i < npk; i++) p.pk[i] = rng_normal();
         }
@@ -1088,7 +1175,8 @@ static void test_forward_errors(void) {
         bad_alpha[0] = 0.5f; bad_alpha[1] = 2.5f; bad_alpha[2] = (float)NAN; bad_alpha[3] = (float)INFINITY;
         bad_alpha[4] = -(float)INFINITY; bad_alpha[5] = 0.99999f;
         for (int i = 0; i < 6; i++) {
-            c = b; c.cfg.alpha = bad_alpha[i]; fwd_expect(&c, DASHATTN_ERR_INVALID_ARGUMENT, names[i], "alpha");
+            /* a config field: INVALID_CONFIG (per-head alpha values below: INVALID_ARGUMENT) */
+            c = b; c.cfg.alpha = bad_alpha[i]; fwd_expect(&c, DASHATTN_ERR_INVALID_CONFIG, names[i], "alpha");
         }
         for (int i = 0; i < 3; i++) {
             float keep = ha[1];
@@ -1247,7 +1335,7 @@ static void test_backward_errors(void) {
     c = b; c.dq.strides[2] = 0; bwd_expect(&c, DASHATTN_ERR_INVALID_STRIDE, "dq heads overlapping", "dq");
     c = b; c.dv.strides[3] = 3; bwd_expect(&c, DASHATTN_ERR_INVALID_STRIDE, "dv last dim strided", "dv");
     c = b; c.dk.data = g_ob; bwd_expect(&c, DASHATTN_ERR_INVALID_ARGUMENT, "dk overlaps dq", "overlap");
-    c = b; c.cfg.alpha = (float)NAN; bwd_expect(&c, DASHATTN_ERR_INVALID_ARGUMENT, "alpha NaN", "alpha");
+    c = b; c.cfg.alpha = (float)NAN; bwd_expect(&c, DASHATTN_ERR_INVALID_CONFIG, "alpha NaN", "alpha");
     c = b; c.use_ha = 1; ha[3] = 7.0f; bwd_expect(&c, DASHATTN_ERR_INVALID_ARGUMENT, "head_alpha 7", "head_alpha"); ha[3] = 1.2f;
     c = b; c.cfg.selection = 9; bwd_expect(&c, DASHATTN_ERR_INVALID_CONFIG, "selection 9", "selection");
     c = b; c.cfg.struct_size = 1; bwd_expect(&c, DASHATTN_ERR_INVALID_CONFIG, "struct_size 1", "struct_size");
@@ -1377,7 +1465,7 @@ static void test_paged_errors(void) {
     c = b; c.use_ha = 1; c.cfg.precision = DASHATTN_PRECISION_F64; dec_expect(&c, DASHATTN_SUCCESS, "valid, head_alpha + f64 accumulation", NULL);
     c = b; c.cfg.causal = 0; dec_expect(&c, DASHATTN_ERR_INVALID_CONFIG, "causal = 0", "causal");
     c = b; c.cfg.n_local = 0; dec_expect(&c, DASHATTN_ERR_INVALID_CONFIG, "n_local = 0", "n_local");
-    c = b; c.cfg.alpha = 2.0001f; dec_expect(&c, DASHATTN_ERR_INVALID_ARGUMENT, "alpha 2.0001", "alpha");
+    c = b; c.cfg.alpha = 2.0001f; dec_expect(&c, DASHATTN_ERR_INVALID_CONFIG, "alpha 2.0001", "alpha");
     c = b; c.use_ha = 1; ha[2] = 0.0f; dec_expect(&c, DASHATTN_ERR_INVALID_ARGUMENT, "head_alpha 0", "head_alpha"); ha[2] = 1.5f;
     c = b; c.q.shape[1] = 0; c.o.shape[1] = 0; c.lse.shape[2] = 0; dec_expect(&c, DASHATTN_ERR_INVALID_SHAPE, "q_len 0", "q_len");
     c = b; c.q.shape[1] = 17; c.o.shape[1] = 17; c.lse.shape[2] = 17; c.q.strides[0] = 17 * HQ * D; c.o.strides[0] = 17 * HQ * D;
@@ -1463,8 +1551,9 @@ static void test_context_errors(void) {
             {-1, 0, 0, 0, DASHATTN_ERR_INVALID_ARGUMENT, "backend -1", "backend"},
             {DASHATTN_BACKEND_CPU, -1, 0, 0, DASHATTN_ERR_INVALID_ARGUMENT, "device -1", "device"},
             {DASHATTN_BACKEND_CPU, 0, -1, 0, DASHATTN_ERR_INVALID_ARGUMENT, "num_threads -1", "num_threads"},
-            {DASHATTN_BACKEND_CPU, 0, 0, 4, DASHATTN_ERR_INVALID_CONFIG, "options.struct_size 4", "struct_size"},
-            {DASHATTN_BACKEND_CPU, 0, 0, 1000, DASHATTN_ERR_INVALID_CONFIG, "options.struct_size 1000", "struct_size"},
+            /* options are not a config: INVALID_ARGUMENT (config.struct_size gives INVALID_CONFIG) */
+            {DASHATTN_BACKEND_CPU, 0, 0, 4, DASHATTN_ERR_INVALID_ARGUMENT, "options.struct_size 4", "struct_size"},
+            {DASHATTN_BACKEND_CPU, 0, 0, 1000, DASHATTN_ERR_INVALID_ARGUMENT, "options.struct_size 1000", "struct_size"},
         };
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
             char label[96];
@@ -1564,6 +1653,7 @@ int main(void) {
     test_forward_vs_reference();
     printf("  forward vs C reference done (%d passed, %d failed so far)\n", n_pass, n_fail);
     test_workspace_roundtrip();
+    test_thread_independence();
     test_pool_and_decode();
     printf("  pool/decode done (%d passed, %d failed so far)\n", n_pass, n_fail);
     test_backward_fd();
