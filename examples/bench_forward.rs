@@ -1,7 +1,7 @@
 //! Forward benchmark through the public Rust API on the CUDA backend.
 //!
 //!     cargo run --release --example bench_forward -- [--lens 8192,16384,32768,65536]
-//!         [--kscale 0.1,0.25,0.5,1,2] [--hq 32] [--hkv 8] [--dim 128] [--block 64]
+//!         [--kscale 0.5,1,2,4,8] [--hq 32] [--hkv 8] [--dim 128] [--block 64]
 //!         [--alpha 1.5] [--reps 10] [--json out.json]
 //!
 //! Inputs (bf16, batch 1, causal) come from a "topic" generator with a concentration knob
@@ -74,7 +74,7 @@ fn par_fill(out: &mut [bf16], row: usize, seed: u64, f: impl Fn(&mut Rng, usize,
 
 fn main() {
     let lens: Vec<usize> = list("--lens", "8192,16384,32768,65536");
-    let kscales: Vec<f32> = list("--kscale", "0.1,0.25,0.5,1,2");
+    let kscales: Vec<f32> = list("--kscale", "0.5,1,2,4,8");
     let (hq, hkv, d, bs) = (arg("--hq", 32usize), arg("--hkv", 8usize), arg("--dim", 128usize), arg("--block", 64usize));
     let alpha: f32 = arg("--alpha", 1.5f32);
     let reps: usize = arg("--reps", 10usize);

@@ -143,7 +143,8 @@ typedef struct dashattn_tensor {
 // A required pointer argument was NULL.
 #define DASHATTN_ERR_NULL_POINTER 1
 
-// An argument has an invalid value (options out of range, a bad head_alpha entry, overlapping outputs, ...).
+// An argument other than the config has an invalid value (context options, a head_alpha
+// entry outside [1, 2], overlapping outputs, a foreign context pointer, ...).
 #define DASHATTN_ERR_INVALID_ARGUMENT 2
 
 // A tensor has the wrong rank or a shape inconsistent with the other tensors.
@@ -155,7 +156,8 @@ typedef struct dashattn_tensor {
 // A tensor has an unsupported dtype or dtypes of tensors that must agree differ.
 #define DASHATTN_ERR_INVALID_DTYPE 5
 
-// A config struct is invalid (struct_size, block size, n_local, selection, ...).
+// The dashattn_config is invalid: struct_size, block_size, n_local, alpha, scales, or an
+// enum/flag field (causal, selection, precision, deterministic) out of range.
 #define DASHATTN_ERR_INVALID_CONFIG 6
 
 // A size or byte count overflows 64-bit arithmetic.
@@ -362,7 +364,11 @@ dashattn_status dashattn_decode_workspace_size(struct dashattn_context *ctx,
 // dashattn_pool_keys_paged and up to date for every complete block; block_table
 // [N, max_pages] i32; seq_lens [N] i32 with q_len <= seq_lens[b] <= max_pages * page_size;
 // head_alpha optional [Hq] f32; o [N, q_len, Hq, D] output; lse optional [N, Hq, q_len]
-// f32 output. The same math as dashattn_forward on the sequence laid out contiguously.
+// f32 output (f64 also on the CPU). The same math as dashattn_forward on the sequence laid
+// out contiguously with pooled_k = the cache's pooled keys (for f16/bf16 caches these are
+// rounded to the cache dtype, so decode can differ from a forward that pools k itself by
+// an ulp or two). The CUDA backend cannot range-check device-resident block tables and
+// lengths before launching: its kernels skip keys on out-of-range pages instead.
 dashattn_status dashattn_decode(struct dashattn_context *ctx,
                                 const struct dashattn_config *config,
                                 const struct dashattn_tensor *q,
@@ -382,8 +388,9 @@ dashattn_status dashattn_decode(struct dashattn_context *ctx,
 // o = sum_s exp(lse_s - lse) * o_s. A part with lse = -inf contributes nothing; when all
 // are -inf, o = 0 and lse = -inf.
 //
-// Layouts: o_parts [S, N, L, H, D] (f32/f16/bf16), lse_parts [S, N, H, L] f32, o
-// [N, L, H, D] output (dtype of o_parts), lse optional output [N, H, L] f32. No workspace.
+// Layouts: o_parts [S, N, L, H, D] (f16/bf16; f32 and f64 on the CPU), lse_parts
+// [S, N, H, L] f32, o [N, L, H, D] output (dtype of o_parts), lse optional output [N, H, L]
+// f32 (the CPU also takes f64 for both). No workspace.
 dashattn_status dashattn_merge_states(struct dashattn_context *ctx,
                                       const struct dashattn_tensor *o_parts,
                                       const struct dashattn_tensor *lse_parts,

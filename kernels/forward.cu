@@ -53,7 +53,7 @@ struct Params {
     int N, Lq, Lk, Hq, Hkv, G, D, nb, nbw, ntiles;
     int bs, n_local, causal, per_head;
     int rows_per_warp, rows_per_tile, tiles_per_coarse, nb_pad;
-    int qkv_aligned16, o_aligned4, pad0, pad1;
+    int qkv_aligned16, o_aligned4, bs_log2, pad1;
     float alpha_default, scale, coarse_scale, pad2;
 };
 
@@ -128,6 +128,24 @@ __device__ __forceinline__ void load16(u16* dst, const u16* src, bool valid, boo
     }
 }
 
+// 1 / x (rcp.approx.ftz: ~1 ulp; no IEEE slow-path call)
+__device__ __forceinline__ float frcp(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// 2^x (ex2.approx.ftz: ~2 ulp, 2^-inf = 0), for the softmax
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// a / b for small non-negative ints (a < 2^20, b <= 2^10) without the integer-division call:
+// (a + 0.5) / b lies at least 1 / (2b) away from an integer, far above the float error.
+__device__ __forceinline__ int small_div(int a, int b) { return (int)(((float)a + 0.5f) * frcp((float)b)); }
+
 __device__ __forceinline__ int floor_div(int a, int b) {
     int q = a / b;
     return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
@@ -153,9 +171,9 @@ __device__ __forceinline__ float head_alpha(const Params& p, int h) {
 __device__ __forceinline__ bool is_cand(const Params& p, int t, int j) {
     if (p.causal) {
         if (t < 0) return false;
-        return j <= t / p.bs - p.n_local;
+        return j <= (t >> p.bs_log2) - p.n_local;
     }
-    int c = floor_div(t, p.bs);
+    int c = t >> p.bs_log2;  // arithmetic shift: floor division for negative t too
     int dj = j - c;
     return (dj < 0 ? -dj : dj) >= p.n_local;
 }
@@ -175,7 +193,7 @@ template <bool BF16> __device__ void pool_impl(const Params& p) {
         const u16* kp = p.k + (i64)n * p.k_sn + (i64)i0 * p.k_sl + (i64)hk * p.k_sh + d;
         float s = 0.f;
         for (int i = 0; i < cnt; i++) s += to_f32<BF16>(kp[(i64)i * p.k_sl]);
-        r = cnt > 0 ? s / (float)cnt : 0.f;
+        r = cnt > 0 ? s * frcp((float)cnt) : 0.f;
     }
     p.kbar[(((i64)n * p.Hkv + hk) * p.nb + j) * p.D + d] = r;
 }
@@ -186,13 +204,13 @@ extern "C" __global__ void dash_pool_f16(Params p) { pool_impl<false>(p); }
 // ---------------------------------------------------------------------------------------
 // 2. coarse stage: grid (ceil(ntiles / tiles_per_coarse), Hkv, N), 256 threads.
 //    Unit-rows of the CTA: tiles_per_coarse tiles x rows_per_tile rows x upr units, in
-//    batches of 8 * RPW (RPW unit-rows per warp).
+//    batches of 4 * RB (see coarse_impl).
 
-// sum_j [s_j - tau]_+^k - 1 and its derivative over a warp's row of z (s = am1 * z).
-__device__ __forceinline__ void entmax_mass(const float* z, int n, float am1, float k, int kind, float tau, float& f, float& df) {
+// sum_j [s_j - tau]_+^k - 1 and its derivative over a warp's list of s values.
+__device__ __forceinline__ void entmax_mass(const float* sv, int n, float k, int kind, float tau, float& f, float& df) {
     float a = 0.f, b = 0.f;
     for (int j = threadIdx.x & 31; j < n; j += 32) {
-        float x = am1 * z[j] - tau;
+        float x = sv[j] - tau;
         if (x > 0.f) {
             if (kind == 2) { a += x * x; b += x; }          // alpha = 1.5 (k = 2)
             else if (kind == 1) { a += x; b += 1.f; }        // alpha = 2   (k = 1)
@@ -209,42 +227,26 @@ __device__ __forceinline__ void entmax_mass(const float* z, int n, float am1, fl
     df = -k * b;
 }
 
-// Threshold of one unit-row (warp-cooperative). Returns -inf when no candidate.
-__device__ __forceinline__ float entmax_tau(const float* z, int n, float alpha) {
-    float m = DA_NEG_INF;
-    int cnt = 0;
-    for (int j = threadIdx.x & 31; j < n; j += 32) {
-        float v = z[j];
-        m = fmaxf(m, v);
-        cnt += v > DA_NEG_INF;
-    }
-    m = warp_max(m);
-    if (m == DA_NEG_INF) return DA_NEG_INF;
-    if (alpha <= 1.f) {
-        float s = 0.f;
-        for (int j = threadIdx.x & 31; j < n; j += 32) s += exp2f((z[j] - m) * DA_LOG2E);
-        s = warp_sum(s);
-        return m + __log2f(s) * DA_LN2;
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) cnt += __shfl_xor_sync(0xffffffffu, cnt, o);
-    const float am1 = alpha - 1.f, k = 1.f / am1;
+// Entmax threshold (alpha > 1) of a warp's list of s = (alpha - 1) z values (non-candidates
+// -inf), given their max ms and candidate count cnt: safeguarded Newton from the left
+// inside [ms - 1, ms - cnt^(1 - alpha)] with bisection when Newton is slow.
+__device__ __forceinline__ float entmax_tau_s(const float* sv, int n, float ms, int cnt, float alpha) {
+    const float am1 = alpha - 1.f, k = frcp(am1);
     const int kind = alpha == 1.5f ? 2 : (alpha == 2.f ? 1 : 0);
-    const float ms = am1 * m;
     float lo = ms - 1.f;
     float hi = ms - exp2f(-am1 * __log2f((float)cnt));  // n^(1 - alpha)
     if (!(hi > lo)) return lo;
     float flo, dflo;
-    entmax_mass(z, n, am1, k, kind, lo, flo, dflo);
+    entmax_mass(sv, n, k, kind, lo, flo, dflo);
     for (int it = 0; it < 60; it++) {
         float tol = 2e-7f * fmaxf(1.f, fabsf(lo));
         if (flo <= 0.f || hi - lo <= tol || dflo == 0.f) break;
-        float tn = lo - flo / dflo;
+        float tn = lo - flo * frcp(dflo);
         float fprev = flo;
         bool progress = false;
         if (tn > lo && tn < hi) {
             float f, df;
-            entmax_mass(z, n, am1, k, kind, tn, f, df);
+            entmax_mass(sv, n, k, kind, tn, f, df);
             if (f >= 0.f) { lo = tn; flo = f; dflo = df; progress = f < 0.25f * fprev; }
             else hi = tn;
         } else if (!(tn < hi)) {
@@ -253,32 +255,44 @@ __device__ __forceinline__ float entmax_tau(const float* z, int n, float alpha) 
         if (!progress && hi - lo > tol) {
             float mid = 0.5f * (lo + hi);
             float f, df;
-            entmax_mass(z, n, am1, k, kind, mid, f, df);
+            entmax_mass(sv, n, k, kind, mid, f, df);
             if (f >= 0.f) { lo = mid; flo = f; dflo = df; }
             else hi = mid;
         }
     }
     // exact finish on the found support: one last Newton step from the left.
     if (flo > 0.f && dflo != 0.f) {
-        float tn = lo - flo / dflo;
+        float tn = lo - flo * frcp(dflo);
         if (tn > lo && tn <= hi) lo = tn;
     }
     return lo;
 }
 
-template <bool BF16, int D, int RPW> __device__ void coarse_impl(const Params& p) {
+// Coarse CTA: 256 threads (8 warps), unit-rows in batches of URB = 4 * RB.
+// Scores: a 2-D register tile per lane (RB rows x 4 blocks; lane = (lr, lb), rows lr + 4 i,
+// blocks lb + 8 k), 8 warps x 32 blocks = 256 blocks per sweep, D in slices of 32.
+// Threshold: per unit-row, the candidates within reach of the max (s > max s - 1) are
+// compacted into a per-warp list (CAP entries) and solved there; the full row otherwise.
+template <bool BF16, int D, int RB> __device__ void coarse_impl(const Params& p) {
     constexpr int NW = 8;
-    constexpr int URB = NW * RPW;
-    constexpr int KBS = D + 4;  // padded fp32 row of the kbar chunk
+    constexpr int URB = 4 * RB;  // unit-rows per batch
+    constexpr int QS = D + 4;    // padded fp32 row of sQ
+    constexpr int DS = 32;       // d-slice of the kbar sweep
+    constexpr int KS = DS + 4;   // padded row of sKb
+    constexpr int SW = NW * 32;  // blocks per sweep
+    constexpr int CAP = 256;     // compact list capacity per warp
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int nbp = p.nb_pad;
-    float* sZ = (float*)smem_raw;         // URB x nbp
-    float* sQ = sZ + URB * nbp;           // URB x D
-    float* sKb = sQ + URB * D;            // 32 x KBS
-    u32* sMask = (u32*)(sKb + 32 * KBS);  // tiles_per_coarse x nbw
+    float* sZ = (float*)smem_raw;            // URB x nbp
+    float* sQ = sZ + URB * nbp;              // URB x QS
+    float* sKb = sQ + URB * QS;              // SW x KS
+    float* sCv = sKb + SW * KS;              // NW x CAP values
+    int* sCi = (int*)(sCv + NW * CAP);       // NW x CAP block indices
+    u32* sMask = (u32*)(sCi + NW * CAP);     // tiles_per_coarse x nbw
 
     const int hk = blockIdx.y, n = blockIdx.z;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int lr = lane >> 3, lb = lane & 7;
     const int G = p.G, upr = p.per_head ? G : 1;
     const int RT = p.rows_per_tile, URT = RT * upr;
     const int TPC = p.tiles_per_coarse;
@@ -291,8 +305,8 @@ template <bool BF16, int D, int RPW> __device__ void coarse_impl(const Params& p
     const float* kbar = p.kbar + ((i64)n * p.Hkv + hk) * p.nb * D;
 
     for (int b0 = 0; b0 < total; b0 += URB) {
-        // the batch's unit-rows: query vector (mean over the group for per-group)
         __syncthreads();
+        // the batch's unit-rows: query vector (mean over the group for per-group)
         for (int idx = tid; idx < URB * D; idx += blockDim.x) {
             int i = idx / D, d = idx % D, u = b0 + i;
             int tl = u / URT, w = u % URT, rl = w / upr, g = w % upr;
@@ -304,10 +318,10 @@ template <bool BF16, int D, int RPW> __device__ void coarse_impl(const Params& p
                     s = to_f32<BF16>(qp[(i64)(hk * G + g) * p.q_sh]);
                 } else {
                     for (int gg = 0; gg < G; gg++) s += to_f32<BF16>(qp[(i64)(hk * G + gg) * p.q_sh]);
-                    s /= (float)G;
+                    s *= frcp((float)G);
                 }
             }
-            sQ[idx] = s;
+            sQ[i * QS + d] = s;
         }
         // how many blocks this batch needs scored
         int jend = 0;
@@ -318,73 +332,121 @@ template <bool BF16, int D, int RPW> __device__ void coarse_impl(const Params& p
             if (u >= total || tile0 + tl >= p.ntiles || r >= p.Lq) continue;
             int t = p.Lk - p.Lq + r;
             int e = p.nb;
-            if (p.causal) e = t < 0 ? 0 : max(0, t / p.bs - p.n_local + 1);
+            if (p.causal) e = t < 0 ? 0 : max(0, (t >> p.bs_log2) - p.n_local + 1);
             jend = max(jend, e);
         }
-        for (int jc = 0; jc < jend; jc += 32) {
-            __syncthreads();
-            for (int idx = tid; idx < 32 * (D / 4); idx += blockDim.x) {
-                int jj = idx / (D / 4), d4 = idx % (D / 4);
-                float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-                if (jc + jj < p.nb) v = *(const float4*)(kbar + (i64)(jc + jj) * D + d4 * 4);
-                *(float4*)(sKb + jj * KBS + d4 * 4) = v;
-            }
-            __syncthreads();
-            float acc[RPW];
+        for (int jc = 0; jc < jend; jc += SW) {
+            float acc[RB][4];
 #pragma unroll
-            for (int rr = 0; rr < RPW; rr++) acc[rr] = 0.f;
-            const float4* kb4 = (const float4*)(sKb + lane * KBS);
-#pragma unroll 8
-            for (int d4 = 0; d4 < D / 4; d4++) {
-                float4 kv = kb4[d4];
+            for (int i = 0; i < RB; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+            for (int d0 = 0; d0 < D; d0 += DS) {
+                __syncthreads();
+                for (int idx = tid; idx < SW * (DS / 4); idx += blockDim.x) {
+                    int jj = idx / (DS / 4), d4 = idx % (DS / 4);
+                    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+                    if (jc + jj < jend) v = *(const float4*)(kbar + (i64)(jc + jj) * D + d0 + d4 * 4);
+                    *(float4*)(sKb + jj * KS + d4 * 4) = v;
+                }
+                __syncthreads();
 #pragma unroll
-                for (int rr = 0; rr < RPW; rr++) {
-                    float4 qv = ((const float4*)(sQ + (warp * RPW + rr) * D))[d4];
-                    acc[rr] += qv.x * kv.x + qv.y * kv.y + qv.z * kv.z + qv.w * kv.w;
+                for (int d4 = 0; d4 < DS / 4; d4++) {
+                    float4 kv[4];
+#pragma unroll
+                    for (int k = 0; k < 4; k++) kv[k] = *(const float4*)(sKb + (warp * 32 + lb + 8 * k) * KS + d4 * 4);
+#pragma unroll
+                    for (int i = 0; i < RB; i++) {
+                        float4 qv = *(const float4*)(sQ + (lr + 4 * i) * QS + d0 + d4 * 4);
+#pragma unroll
+                        for (int k = 0; k < 4; k++) acc[i][k] += qv.x * kv[k].x + qv.y * kv[k].y + qv.z * kv[k].z + qv.w * kv[k].w;
+                    }
                 }
             }
-            int j = jc + lane;
-            if (j < nbp) {
 #pragma unroll
-                for (int rr = 0; rr < RPW; rr++) {
-                    int i = warp * RPW + rr, u = b0 + i;
-                    int tl = u / URT, rl = (u % URT) / upr;
-                    int r = (tile0 + tl) * RT + rl;
-                    bool ok = u < total && tile0 + tl < p.ntiles && r < p.Lq && j < p.nb && is_cand(p, p.Lk - p.Lq + r, j);
-                    sZ[i * nbp + j] = ok ? acc[rr] * sc : DA_NEG_INF;
+            for (int i = 0; i < RB; i++) {
+                int ii = lr + 4 * i, u = b0 + ii;
+                int tl = u / URT, rl = (u % URT) / upr;
+                int r = (tile0 + tl) * RT + rl;
+                bool rv = u < total && tile0 + tl < p.ntiles && r < p.Lq;
+                int t = p.Lk - p.Lq + r;
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    int j = jc + warp * 32 + lb + 8 * k;
+                    if (j < nbp) sZ[ii * nbp + j] = (rv && j < p.nb && is_cand(p, t, j)) ? acc[i][k] * sc : DA_NEG_INF;
                 }
             }
         }
-        __syncwarp();
-        // threshold + union marks: each warp its own unit-rows
+        __syncthreads();
+        // threshold + union marks: warp w takes unit-rows w, w + 8, ...
+        float* cv = sCv + warp * CAP;
+        int* ci = sCi + warp * CAP;
 #pragma unroll 1
-        for (int rr = 0; rr < RPW; rr++) {
-            int i = warp * RPW + rr, u = b0 + i;
+        for (int ii = warp; ii < URB; ii += NW) {
+            int u = b0 + ii;
             int tl = u / URT, w = u % URT, rl = w / upr, g = w % upr;
             int r = (tile0 + tl) * RT + rl;
             if (u >= total || tile0 + tl >= p.ntiles || r >= p.Lq) continue;
             int t = p.Lk - p.Lq + r;
             int h0 = hk * G + (p.per_head ? g : 0);
             float alpha = head_alpha(p, h0);
-            const float* z = sZ + i * nbp;
-            float tau = entmax_tau(z, jend, alpha);
+            float* z = sZ + ii * nbp;
             u32* mk = sMask + tl * p.nbw;
-            if (tau > DA_NEG_INF) {
-                float am1 = alpha - 1.f;
-                float margin = -1e-4f * (1.f + fabsf(tau));
-                for (int j = lane; j < jend; j += 32) {
-                    float zj = z[j];
-                    bool sel = alpha <= 1.f ? (zj > DA_NEG_INF) : (am1 * zj - tau > margin);
-                    if (sel) atomicOr(&mk[j >> 5], 1u << (j & 31));
+            float m = DA_NEG_INF;
+            int cnt = 0;
+            for (int j = lane; j < jend; j += 32) {
+                float v = z[j];
+                m = fmaxf(m, v);
+                cnt += v > DA_NEG_INF;
+            }
+            m = warp_max(m);
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) cnt += __shfl_xor_sync(0xffffffffu, cnt, o);
+            float tau = DA_NEG_INF;
+            if (m > DA_NEG_INF) {
+                if (alpha <= 1.f) {
+                    float s = 0.f;
+                    for (int j = lane; j < jend; j += 32) s += exp2f((z[j] - m) * DA_LOG2E);
+                    s = warp_sum(s);
+                    tau = m + __log2f(s) * DA_LN2;
+                    for (int j = lane; j < jend; j += 32)
+                        if (z[j] > DA_NEG_INF) atomicOr(&mk[j >> 5], 1u << (j & 31));
+                } else {
+                    const float am1 = alpha - 1.f, ms = am1 * m;
+                    const float cut = ms - 1.f - 2e-4f * (2.f + fabsf(ms));
+                    // compact the candidates within reach of the max
+                    int nc = 0;
+                    for (int j0 = 0; j0 < jend; j0 += 32) {
+                        int j = j0 + lane;
+                        float sv = j < jend ? am1 * z[j] : DA_NEG_INF;
+                        bool keep = sv > cut;
+                        u32 bal = __ballot_sync(0xffffffffu, keep);
+                        int pos = nc + __popc(bal & ((1u << lane) - 1u));
+                        if (keep && pos < CAP) { cv[pos] = sv; ci[pos] = j; }
+                        nc += __popc(bal);
+                    }
+                    __syncwarp();
+                    if (nc <= CAP) {
+                        tau = entmax_tau_s(cv, nc, ms, nc, alpha);
+                        float margin = -1e-4f * (1.f + fabsf(tau));
+                        for (int i = lane; i < nc; i += 32)
+                            if (cv[i] - tau > margin) atomicOr(&mk[ci[i] >> 5], 1u << (ci[i] & 31));
+                    } else {
+                        for (int j = lane; j < jend; j += 32) z[j] *= am1;  // z -> s in place
+                        __syncwarp();
+                        tau = entmax_tau_s(z, jend, ms, cnt, alpha);
+                        float margin = -1e-4f * (1.f + fabsf(tau));
+                        for (int j = lane; j < jend; j += 32)
+                            if (z[j] - tau > margin) atomicOr(&mk[j >> 5], 1u << (j & 31));
+                    }
+                    __syncwarp();
                 }
             }
             // local blocks
             int jl0, jl1;
             if (p.causal) {
                 if (t < 0) { jl0 = 0; jl1 = -1; }
-                else { int c = t / p.bs; jl0 = max(0, c - p.n_local + 1); jl1 = min(c, p.nb - 1); }
+                else { int c = t >> p.bs_log2; jl0 = max(0, c - p.n_local + 1); jl1 = min(c, p.nb - 1); }
             } else {
-                int c = floor_div(t, p.bs);
+                int c = t >> p.bs_log2;
                 jl0 = max(0, c - p.n_local + 1);
                 jl1 = min(p.nb - 1, c + p.n_local - 1);
                 if (p.n_local == 0) jl1 = jl0 - 1;
@@ -411,19 +473,19 @@ template <bool BF16, int D, int RPW> __device__ void coarse_impl(const Params& p
 }
 
 #define DA_COARSE(T, BF, D, R)                                                                             \
-    extern "C" __global__ void __launch_bounds__(256) dash_coarse_##T##_d##D##_r##R(Params p) { coarse_impl<BF, D, R>(p); }
-DA_COARSE(bf16, true, 64, 1)
+    extern "C" __global__ void __launch_bounds__(256, 1) dash_coarse_##T##_d##D##_r##R(Params p) { coarse_impl<BF, D, R>(p); }
 DA_COARSE(bf16, true, 64, 2)
 DA_COARSE(bf16, true, 64, 4)
-DA_COARSE(bf16, true, 128, 1)
+DA_COARSE(bf16, true, 64, 8)
 DA_COARSE(bf16, true, 128, 2)
 DA_COARSE(bf16, true, 128, 4)
-DA_COARSE(f16, false, 64, 1)
+DA_COARSE(bf16, true, 128, 8)
 DA_COARSE(f16, false, 64, 2)
 DA_COARSE(f16, false, 64, 4)
-DA_COARSE(f16, false, 128, 1)
+DA_COARSE(f16, false, 64, 8)
 DA_COARSE(f16, false, 128, 2)
 DA_COARSE(f16, false, 128, 4)
+DA_COARSE(f16, false, 128, 8)
 
 // ---------------------------------------------------------------------------------------
 // 3. fine stage: grid (ntiles, Hkv, N), 128 threads (4 warps x 16 M-rows).
@@ -455,9 +517,10 @@ template <bool BF16, int D, int BN> __device__ void fine_impl(const Params& p) {
     const int r0 = tile * RT;
     const bool aligned = p.qkv_aligned16 != 0;
     const int nch = (p.Lk + BN - 1) / BN;
-    const int bpc = p.bs / BN;  // chunks per block
+    const int bpc_log2 = p.bs_log2 - (BN == 64 ? 6 : 5);  // chunks per block = 1 << bpc_log2
     const int rlast = min(r0 + RT, p.Lq) - 1;
     const int tmax = p.Lk - p.Lq + rlast;
+    const int tmin = p.Lk - p.Lq + r0;  // position of the tile's first row
 
     const u32* gmask = p.mask + (((i64)n * p.Hkv + hk) * p.ntiles + tile) * p.nbw;
     for (int i = tid; i < p.nbw; i += 128) sMask[i] = gmask[i];
@@ -466,7 +529,8 @@ template <bool BF16, int D, int BN> __device__ void fine_impl(const Params& p) {
     for (int idx = tid; idx < 64 * CH; idx += 128) {
         int m = idx / CH, c = idx % CH;
         int w = m >> 4, mi = m & 15;
-        int rl = w * RW + mi / G, g = mi % G;
+        int mg = small_div(mi, G);
+        int rl = w * RW + mg, g = mi - mg * G;
         int r = r0 + rl;
         bool valid = mi < RW * G && r < p.Lq;
         const u16* src = p.q + (i64)n * p.q_sn + (i64)(valid ? r : 0) * p.q_sl + (i64)(hk * G + g) * p.q_sh + c * 8;
@@ -478,12 +542,12 @@ template <bool BF16, int D, int BN> __device__ void fine_impl(const Params& p) {
     auto next_chunk = [&](int ci) -> int {
         while (ci < nch) {
             if (p.causal && ci * BN > tmax) return -1;
-            int j = ci / bpc;
+            int j = ci >> bpc_log2;
             u32 wd = sMask[j >> 5] >> (j & 31);
             if (wd & 1u) return ci;
             if (wd == 0u) j = ((j >> 5) + 1) << 5;
             else j += __ffs(wd) - 1;
-            ci = j * bpc;
+            ci = j << bpc_log2;
         }
         return -1;
     };
@@ -496,7 +560,7 @@ template <bool BF16, int D, int BN> __device__ void fine_impl(const Params& p) {
             load16(sK + buf * BN * D + swz<D>(row, c), p.k + (i64)n * p.k_sn + (i64)ii * p.k_sl + (i64)hk * p.k_sh + c * 8, valid, aligned);
             load16(sV + buf * BN * D + swz<D>(row, c), p.v + (i64)n * p.v_sn + (i64)ii * p.v_sl + (i64)hk * p.v_sh + c * 8, valid, aligned);
         }
-        int j = ci / bpc;
+        int j = ci >> bpc_log2;
         if (tid < D / 4) cp_async16(smem_u32(sKb + buf * D + tid * 4), p.kbar + (((i64)n * p.Hkv + hk) * p.nb + j) * D + tid * 4, 16);
     };
 
@@ -512,23 +576,25 @@ template <bool BF16, int D, int BN> __device__ void fine_impl(const Params& p) {
     for (int kk = 0; kk < KST; kk++) ldsm_x4(qf[kk], smem_u32(sQ + swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))));
 
     // per-row state (rows A = lane/4, B = lane/4 + 8 of this warp)
-    int rt[2], rh[2];
+    int rt[2], rh[2], rbase[2];
     bool rvalid[2];
     float rtau[2], ram1[2], rinv[2];
     bool rone[2];
 #pragma unroll
     for (int x = 0; x < 2; x++) {
         int mi = (lane >> 2) + 8 * x;
-        int rl = warp * RW + mi / G, g = mi % G;
+        int mg = small_div(mi, G);
+        int rl = warp * RW + mg, g = mi - mg * G;
         int r = r0 + rl;
         rvalid[x] = mi < RW * G && r < p.Lq;
         rt[x] = p.Lk - p.Lq + r;
         rh[x] = hk * G + g;
+        rbase[x] = mi - g;  // first M-row of this row's group
         int h0 = p.per_head ? rh[x] : hk * G;
         float a = head_alpha(p, h0);
         rone[x] = a <= 1.f;
         ram1[x] = a - 1.f;
-        rinv[x] = rone[x] ? 1.f : 1.f / (a - 1.f);
+        rinv[x] = rone[x] ? 1.f : frcp(a - 1.f);
         int U = p.per_head ? p.Hq : p.Hkv;
         int unit = p.per_head ? rh[x] : hk;
         rtau[x] = rvalid[x] ? p.tau_ws[((i64)n * U + unit) * p.Lq + r] : DA_NEG_INF;
@@ -555,7 +621,7 @@ template <bool BF16, int D, int BN> __device__ void fine_impl(const Params& p) {
         const u16* cK = sK + buf * BN * D;
         const u16* cV = sV + buf * BN * D;
         const float* cKb = sKb + buf * D;
-        const int j = ci / bpc;
+        const int j = ci >> bpc_log2;
 
         // S = Q K^T
         float s[NTS][4];
@@ -610,10 +676,10 @@ template <bool BF16, int D, int BN> __device__ void fine_impl(const Params& p) {
                     float dz;
                     if (p.per_head) dz = zw[mi];
                     else {
-                        int base = (mi / G) * G;
+                        const float* zg = zw + rbase[x];
                         dz = 0.f;
-                        for (int g = 0; g < G; g++) dz += zw[base + g];
-                        dz /= (float)G;
+                        for (int g = 0; g < G; g++) dz += zg[g];
+                        dz *= frcp((float)G);
                     }
                     float z = dz * p.coarse_scale;
                     if (rone[x]) b = (z - rtau[x]) * DA_LOG2E;
@@ -629,6 +695,8 @@ template <bool BF16, int D, int BN> __device__ void fine_impl(const Params& p) {
 
         // logits (log2 domain), masks, online softmax
         const int kbase = ci * BN + (lane & 3) * 2;
+        // masks only on chunks that cross Lk or the tile's causal diagonal (CTA-uniform)
+        const bool edge = ci * BN + BN > p.Lk || (p.causal && ci * BN + BN - 1 > tmin);
 #pragma unroll
         for (int x = 0; x < 2; x++) {
             float mx = DA_NEG_INF;
@@ -638,9 +706,8 @@ template <bool BF16, int D, int BN> __device__ void fine_impl(const Params& p) {
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     int i = kbase + nt * 8 + e;
-                    float v = s[nt][2 * x + e] * sl2 + beta2[x];
-                    bool ok = i < p.Lk && (!p.causal || i <= t);
-                    v = ok ? v : DA_NEG_INF;
+                    float v = fmaf(s[nt][2 * x + e], sl2, beta2[x]);
+                    if (edge) v = (i < p.Lk && (!p.causal || i <= t)) ? v : DA_NEG_INF;
                     s[nt][2 * x + e] = v;
                     mx = fmaxf(mx, v);
                 }
@@ -649,14 +716,14 @@ template <bool BF16, int D, int BN> __device__ void fine_impl(const Params& p) {
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             float mnew = fmaxf(mrow[x], mx);
             float muse = mnew == DA_NEG_INF ? 0.f : mnew;
-            float corr = exp2f(mrow[x] - muse);
+            float corr = ex2(mrow[x] - muse);
             mrow[x] = mnew;
             float ls = 0.f;
 #pragma unroll
             for (int nt = 0; nt < NTS; nt++) {
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    float pe = exp2f(s[nt][2 * x + e] - muse);
+                    float pe = ex2(s[nt][2 * x + e] - muse);
                     s[nt][2 * x + e] = pe;
                     ls += pe;
                 }
@@ -697,7 +764,7 @@ template <bool BF16, int D, int BN> __device__ void fine_impl(const Params& p) {
         l += __shfl_xor_sync(0xffffffffu, l, 2);
         if (!rvalid[x]) continue;
         const int rr = rt[x] - (p.Lk - p.Lq);  // query row index
-        float inv = l > 0.f ? 1.f / l : 0.f;
+        float inv = l > 0.f ? frcp(l) : 0.f;
         u16* op = p.o + (i64)n * p.o_sn + (i64)rr * p.o_sl + (i64)rh[x] * p.o_sh;
 #pragma unroll
         for (int nt = 0; nt < NTO; nt++) {
@@ -715,7 +782,7 @@ template <bool BF16, int D, int BN> __device__ void fine_impl(const Params& p) {
 }
 
 #define DA_FINE(T, BF, D, BN)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(128) dash_fine_##T##_d##D##_bn##BN(Params p) { fine_impl<BF, D, BN>(p); }
+    extern "C" __global__ void __launch_bounds__(128, 1) dash_fine_##T##_d##D##_bn##BN(Params p) { fine_impl<BF, D, BN>(p); }
 DA_FINE(bf16, true, 64, 32)
 DA_FINE(bf16, true, 64, 64)
 DA_FINE(bf16, true, 128, 32)

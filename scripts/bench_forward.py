@@ -3,7 +3,7 @@
 flash backends) in the same run, on the same GPU. Causal, Hq=32, Hkv=8, D=128, bf16, batch 1.
 
     python3 scripts/bench_forward.py [--bin .dev/bench_forward] [--lens 8192,16384,32768,65536]
-                                     [--kscale 0.1,0.25,0.5,1,2] [--reps 10]
+                                     [--kscale 0.5,1,2,4,8] [--reps 10]
 
 Prints one table: per (L, kscale) our forward time, tile-level block sparsity, TF/s on the
 computed blocks, and the speed-up over SDPA cuDNN / flash at the same L (dense causal
@@ -14,7 +14,7 @@ import argparse, json, os, subprocess, sys, tempfile
 ap = argparse.ArgumentParser()
 ap.add_argument("--bin", default=".dev/bench_forward")
 ap.add_argument("--lens", default="8192,16384,32768,65536")
-ap.add_argument("--kscale", default="0.1,0.25,0.5,1,2")
+ap.add_argument("--kscale", default="0.5,1,2,4,8")
 ap.add_argument("--reps", type=int, default=10)
 ap.add_argument("--hq", type=int, default=32)
 ap.add_argument("--hkv", type=int, default=8)

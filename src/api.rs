@@ -6,13 +6,6 @@ use crate::cpu;
 use crate::error::{bail, Result};
 use crate::params::*;
 
-fn cpu_only(ctx: &Context, what: &str) -> Result<()> {
-    match &ctx.backend {
-        Backend::Cpu => Ok(()),
-        Backend::Cuda(dev) => Err(dev.unsupported(what)),
-    }
-}
-
 fn check_precision(ctx: &Context, cfg: &Config) -> Result<()> {
     if cfg.precision == Precision::F64 && !matches!(ctx.backend, Backend::Cpu) {
         bail!(Unsupported, "config.precision = DASHATTN_PRECISION_F64 is a CPU-backend reference mode");
@@ -54,8 +47,10 @@ pub fn backward_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k: &Tens
     check_precision(ctx, cfg)?;
     let dims = attn_dims(cfg, q, k, v, pooled_k)?;
     check_dtype(ctx, q)?;
-    cpu_only(ctx, "backward")?;
-    cpu::backward_workspace_size(cfg, &dims)
+    match &ctx.backend {
+        Backend::Cpu => cpu::backward_workspace_size(cfg, &dims),
+        Backend::Cuda(dev) => crate::cuda::backward::workspace_size(dev, cfg, &dims, q.dtype),
+    }
 }
 
 pub fn backward(ctx: &Context, cfg: &Config, a: &BackwardArgs, ws: Workspace) -> Result<()> {
@@ -64,14 +59,16 @@ pub fn backward(ctx: &Context, cfg: &Config, a: &BackwardArgs, ws: Workspace) ->
     for t in [&a.q, &a.lse, &a.tau] {
         check_dtype(ctx, t)?;
     }
-    cpu_only(ctx, "backward")?;
-    cpu::backward(ctx.threads, cfg, &dims, a, ws)
+    match &ctx.backend {
+        Backend::Cpu => cpu::backward(ctx.threads, cfg, &dims, a, ws),
+        Backend::Cuda(dev) => crate::cuda::backward::backward(dev, ctx.stream, cfg, &dims, a, ws),
+    }
 }
 
 pub fn pool_keys_paged_workspace_size(ctx: &Context, cfg: &Config, k_cache: &Tensor, pooled_cache: &Tensor, block_table: &Tensor, seq_lens: &Tensor) -> Result<usize> {
     check_precision(ctx, cfg)?;
     paged_dims(cfg, k_cache, pooled_cache, block_table, seq_lens)?;
-    cpu_only(ctx, "pool_keys_paged")?;
+    check_dtype(ctx, k_cache)?;
     Ok(0)
 }
 
@@ -79,15 +76,20 @@ pub fn pool_keys_paged(ctx: &Context, cfg: &Config, a: &PoolPagedArgs, ws: Works
     check_precision(ctx, cfg)?;
     let p = a.validate(cfg)?;
     check_dtype(ctx, &a.k_cache)?;
-    cpu_only(ctx, "pool_keys_paged")?;
-    cpu::pool_keys_paged(ctx.threads, cfg, &p, a, ws)
+    match &ctx.backend {
+        Backend::Cpu => cpu::pool_keys_paged(ctx.threads, cfg, &p, a, ws),
+        Backend::Cuda(dev) => crate::cuda::decode::pool_keys_paged(dev, ctx.stream, cfg, &p, a, ws),
+    }
 }
 
 pub fn decode_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k_cache: &Tensor, pooled_cache: &Tensor, block_table: &Tensor, seq_lens: &Tensor) -> Result<usize> {
     check_precision(ctx, cfg)?;
-    decode_dims(cfg, q, k_cache, pooled_cache, block_table, seq_lens)?;
-    cpu_only(ctx, "decode")?;
-    Ok(0)
+    let d = decode_dims(cfg, q, k_cache, pooled_cache, block_table, seq_lens)?;
+    check_dtype(ctx, q)?;
+    match &ctx.backend {
+        Backend::Cpu => Ok(0),
+        Backend::Cuda(dev) => crate::cuda::decode::workspace_size(dev, cfg, &d, q.dtype),
+    }
 }
 
 pub fn decode(ctx: &Context, cfg: &Config, a: &DecodeArgs, ws: Workspace) -> Result<()> {
@@ -96,8 +98,10 @@ pub fn decode(ctx: &Context, cfg: &Config, a: &DecodeArgs, ws: Workspace) -> Res
     for t in [Some(&a.q), a.lse.as_ref()].into_iter().flatten() {
         check_dtype(ctx, t)?;
     }
-    cpu_only(ctx, "decode")?;
-    cpu::decode(ctx.threads, cfg, &d, a, ws)
+    match &ctx.backend {
+        Backend::Cpu => cpu::decode(ctx.threads, cfg, &d, a, ws),
+        Backend::Cuda(dev) => crate::cuda::decode::decode(dev, ctx.stream, cfg, &d, a, ws),
+    }
 }
 
 pub fn merge_states(ctx: &Context, precision: Precision, a: &MergeArgs) -> Result<()> {
@@ -105,6 +109,8 @@ pub fn merge_states(ctx: &Context, precision: Precision, a: &MergeArgs) -> Resul
     for t in [Some(&a.o), Some(&a.lse_parts), a.lse.as_ref()].into_iter().flatten() {
         check_dtype(ctx, t)?;
     }
-    cpu_only(ctx, "merge_states")?;
-    cpu::merge_states(ctx.threads, precision, &m, a)
+    match &ctx.backend {
+        Backend::Cpu => cpu::merge_states(ctx.threads, precision, &m, a),
+        Backend::Cuda(dev) => crate::cuda::decode::merge_states(dev, ctx.stream, &m, a),
+    }
 }

@@ -592,7 +592,10 @@ pub fn paged_dims(cfg: &Config, k_cache: &Tensor, pooled_cache: &Tensor, block_t
     let [n, max_pages] = [block_table.shape[0], block_table.shape[1]];
     seq_lens.expect_dtype("seq_lens", &[DType::I32])?;
     seq_lens.expect_shape("seq_lens", &[n], "[N], i32")?;
-    if max_pages.checked_mul(page_size).map_or(true, |t| t > i32::MAX as usize) {
+    if n > i32::MAX as usize {
+        bail!(InvalidShape, "block_table has N = {n} sequences (at most INT32_MAX)");
+    }
+    if max_pages.checked_mul(page_size).is_none_or(|t| t > i32::MAX as usize) {
         bail!(Overflow, "max_pages * page_size = {max_pages} * {page_size} exceeds INT32_MAX tokens");
     }
     Ok(PagedDims { n, num_pages, page_size, hkv, d, max_pages, slots })

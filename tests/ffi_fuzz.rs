@@ -19,6 +19,8 @@
 //! poison pattern; inputs are never written; on success nothing outside an output's view is
 //! written, outputs are finite where they must be, and a replay on contiguous copies of
 //! the inputs gives bitwise the same outputs (strides are handled correctly).
+//!
+//! Longer runs: DASHATTN_FUZZ_SCALE=10 DASHATTN_FUZZ_SEED=7 cargo test --release --test ffi_fuzz
 
 use std::ffi::c_void;
 use std::ptr;
@@ -334,7 +336,28 @@ fn high_ptr(bytes: usize, align: usize) -> usize {
     p
 }
 
-fn materialize(rng: &mut Rng, slots: &[Slot]) -> Vec<Mat> {
+/// Overwrites a few elements of a float buffer with NaN, +-inf or huge values.
+fn sprinkle_specials(rng: &mut Rng, buf: &GBuf, dtype: i32) {
+    let n = buf.len / esize(dtype);
+    if n == 0 {
+        return;
+    }
+    for _ in 0..rng.range(1, 4) {
+        let i = rng.below(n as u64) as usize;
+        let v = rng.pick(&[f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e30, -1e30, 65504.0]);
+        unsafe {
+            match dtype {
+                DASHATTN_DTYPE_F32 => *(buf.data as *mut f32).add(i) = v as f32,
+                DASHATTN_DTYPE_F64 => *(buf.data as *mut f64).add(i) = v,
+                DASHATTN_DTYPE_F16 => *(buf.data as *mut f16).add(i) = f16::from_f64(v),
+                DASHATTN_DTYPE_BF16 => *(buf.data as *mut bf16).add(i) = bf16::from_f64(v),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn materialize(rng: &mut Rng, slots: &[Slot], specials: bool) -> Vec<Mat> {
     let mut mats: Vec<Mat> = Vec::with_capacity(slots.len());
     for s in slots {
         let mut desc = dashattn_tensor { data: ptr::null_mut(), dtype: s.dtype, rank: s.rank, shape: s.shape, strides: s.strides };
@@ -382,7 +405,12 @@ fn materialize(rng: &mut Rng, slots: &[Slot]) -> Vec<Mat> {
                     _ => {
                         let b = GBuf::new(bytes, al);
                         match &s.fill {
-                            Fill::Float => fill_float(rng, &b, s.dtype),
+                            Fill::Float => {
+                                fill_float(rng, &b, s.dtype);
+                                if specials && rng.chance(0.5) {
+                                    sprinkle_specials(rng, &b, s.dtype);
+                                }
+                            }
                             Fill::I32(shape, vals) => {
                                 unsafe { ptr::write_bytes(b.data, 0, b.len) };
                                 if s.dtype == DASHATTN_DTYPE_I32 && s.rank as usize == shape.len() && (0..shape.len()).all(|i| s.shape[i] as usize == shape[i]) {
@@ -490,6 +518,8 @@ enum Family {
     Backward,
     Pool,
     Decode,
+    /// dashattn_merge_states: no config, no workspace.
+    Merge,
 }
 
 struct Problem {
@@ -606,6 +636,24 @@ fn paged_problem(rng: &mut Rng, family: Family) -> Problem {
         }
     }
     Problem { family, cfg, slots }
+}
+
+fn merge_problem(rng: &mut Rng) -> Problem {
+    let s = rng.range(1, 4) as usize;
+    let n = rng.pick(&[0usize, 1, 2, 3]);
+    let l = rng.range(0, 20) as usize;
+    let h = rng.range(1, 4) as usize;
+    let d = rng.pick(&[1usize, 2, 8, 64, 300]);
+    let dt = rng.pick(&[DASHATTN_DTYPE_F32, DASHATTN_DTYPE_F16, DASHATTN_DTYPE_BF16, DASHATTN_DTYPE_F64]);
+    let (s1, s2) = (rng.pick(&[DASHATTN_DTYPE_F32, DASHATTN_DTYPE_F64]), rng.pick(&[DASHATTN_DTYPE_F32, DASHATTN_DTYPE_F64]));
+    let cfg = base_cfg(rng, 64, true); // unused by merge_states
+    let slots = vec![
+        mk(rng, "o_parts", dt, &[s, n, l, h, d], Fill::Float, true, 1.0),
+        mk(rng, "lse_parts", s1, &[s, n, h, l], Fill::Float, true, 1.0),
+        mk(rng, "o", dt, &[n, l, h, d], Fill::Out, true, 1.0),
+        mk(rng, "lse", s2, &[n, h, l], Fill::Out, false, 0.7),
+    ];
+    Problem { family: Family::Merge, cfg, slots }
 }
 
 /// Applies 1-3 random mutations to the slots; returns whether the call must now fail for a
@@ -730,6 +778,7 @@ unsafe fn ws_query(family: Family, ctx: *mut dashattn_context, cfg: *const dasha
         Family::Backward => dashattn_backward_workspace_size(ctx, cfg, t[0], t[1], t[2], t[3], out),
         Family::Pool => dashattn_pool_keys_paged_workspace_size(ctx, cfg, t[0], t[1], t[2], t[4], out),
         Family::Decode => dashattn_decode_workspace_size(ctx, cfg, t[0], t[1], t[3], t[4], t[5], out),
+        Family::Merge => unreachable!("merge_states has no workspace query"),
     }
 }
 
@@ -739,6 +788,10 @@ unsafe fn op(family: Family, ctx: *mut dashattn_context, cfg: *const dashattn_co
         Family::Backward => dashattn_backward(ctx, cfg, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11], t[12], ws, ws_size),
         Family::Pool => dashattn_pool_keys_paged(ctx, cfg, t[0], t[1], t[2], t[3], t[4], ws, ws_size),
         Family::Decode => dashattn_decode(ctx, cfg, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], ws, ws_size),
+        Family::Merge => {
+            let _ = (cfg, ws, ws_size);
+            dashattn_merge_states(ctx, t[0], t[1], t[2], t[3])
+        }
     }
 }
 
@@ -863,10 +916,13 @@ fn run_one(rng: &mut Rng, ctxs: &Ctxs, p: &mut Problem, it: usize, st: &mut Stat
         }
         _ => ctxs.real[rng.below(2) as usize],
     };
-    let cfg_null = rng.below(50) == 0;
-    must_fail |= cfg_null || !cfg_valid(&p.cfg);
+    let merge = p.family == Family::Merge;
+    let cfg_null = !merge && rng.below(50) == 0;
+    must_fail |= !merge && (cfg_null || !cfg_valid(&p.cfg));
     let cfg_ptr: *const dashattn_config = if cfg_null { ptr::null() } else { &p.cfg };
-    let mut mats = materialize(rng, &p.slots);
+    // now and then non-finite input values: only robustness is checked then
+    let specials = rng.chance(0.05);
+    let mut mats = materialize(rng, &p.slots, specials);
     must_fail |= mats.iter().zip(&p.slots).any(|(m, s)| m.must_fail && s.given);
     let t = tensor_ptrs(&p.slots, &mats);
     let outs: Vec<usize> = (0..p.slots.len()).filter(|&i| p.slots[i].is_out()).collect();
@@ -874,14 +930,18 @@ fn run_one(rng: &mut Rng, ctxs: &Ctxs, p: &mut Problem, it: usize, st: &mut Stat
     // --- the workspace query (descriptors only)
     let sent = sentinel();
     let poison_size = usize::from_ne_bytes([POISON; std::mem::size_of::<usize>()]);
-    let mut ws_need = poison_size;
-    let out_ptr: *mut usize = if rng.below(40) == 0 { ptr::null_mut() } else { &mut ws_need };
-    let qs = unsafe { ws_query(p.family, ctx, cfg_ptr, &t, out_ptr) };
-    st.calls += 1;
+    let mut ws_need = if merge { 0 } else { poison_size };
+    let out_ptr: *mut usize = if rng.below(40) == 0 || merge { ptr::null_mut() } else { &mut ws_need };
+    let qs = if merge { DASHATTN_ERR_UNSUPPORTED } else { unsafe { ws_query(p.family, ctx, cfg_ptr, &t, out_ptr) } };
+    if !merge {
+        st.calls += 1;
+    }
     if !(0..=14).contains(&qs) {
         st.fail(it, format!("workspace query returned status {qs} ({}): {}\n  {}", status_str(qs), last_message(), describe(p, &mats)));
     }
-    if qs != DASHATTN_SUCCESS {
+    if merge {
+        // no workspace query
+    } else if qs != DASHATTN_SUCCESS {
         let msg = last_message();
         if msg.is_empty() || msg == sent {
             st.fail(it, format!("workspace query failed ({qs}) without a fresh message\n  {}", describe(p, &mats)));
@@ -896,7 +956,7 @@ fn run_one(rng: &mut Rng, ctxs: &Ctxs, p: &mut Problem, it: usize, st: &mut Stat
     // --- the workspace argument
     let mut ws = Ws { buf: None, ptr: ptr::null_mut(), size: 0 };
     let have = qs == DASHATTN_SUCCESS;
-    match rng.below(10) {
+    match if merge { 0 } else { rng.below(10) } {
         5..=7 if have => {
             let extra = rng.pick(&[0usize, 0, 1, 256, 4096]);
             let b = GBuf::new(ws_need + extra, 256);
@@ -992,8 +1052,8 @@ fn run_one(rng: &mut Rng, ctxs: &Ctxs, p: &mut Problem, it: usize, st: &mut Stat
         if b.body().iter().zip(&covered).any(|(&x, &c)| !c && x != POISON) {
             st.fail(it, format!("output {} was written outside its view\n  {}", sl.name, ctx_info()));
         }
-        let sane = p.cfg.scale <= 10.0 && p.cfg.coarse_scale <= 10.0 && p.family != Family::Backward && p.family != Family::Pool;
-        if sane && !check_finite(sl, m) {
+        let sane = merge || (p.cfg.scale <= 10.0 && p.cfg.coarse_scale <= 10.0 && p.family != Family::Backward && p.family != Family::Pool);
+        if sane && !specials && !check_finite(sl, m) {
             st.fail(it, format!("output {} holds NaN/inf\n  {}", sl.name, ctx_info()));
         }
     }
@@ -1039,6 +1099,7 @@ fn replay(p: &Problem, mats: &mut [Mat], ctx: *mut dashattn_context, it: usize, 
     let t: Vec<*const dashattn_tensor> = p.slots.iter().zip(&descs).map(|(s, d)| if s.given { d as *const _ } else { ptr::null() }).collect();
     let status = unsafe { op(p.family, ctx, &p.cfg, &t, ptr::null_mut(), 0) };
     st.replays += 1;
+    let _ = it;
     if status != DASHATTN_SUCCESS {
         st.fail(it, format!("contiguous replay failed with {status}: {}\n  {}", last_message(), describe(p, mats)));
         return;
@@ -1063,7 +1124,17 @@ fn replay(p: &Problem, mats: &mut [Mat], ctx: *mut dashattn_context, it: usize, 
     }
 }
 
+/// Longer or different runs: DASHATTN_FUZZ_SCALE multiplies the iteration counts and
+/// DASHATTN_FUZZ_SEED is mixed into every seed (defaults 1 and 0: the CI configuration).
+fn env_knobs() -> (usize, u64) {
+    let scale = std::env::var("DASHATTN_FUZZ_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1usize);
+    let seed = std::env::var("DASHATTN_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0u64);
+    (scale.max(1), seed)
+}
+
 fn fuzz(family: Family, iterations: usize, seed: u64) {
+    let (scale, extra_seed) = env_knobs();
+    let (iterations, seed) = (iterations * scale, seed ^ extra_seed.wrapping_mul(0x9E37_79B9));
     let ctxs = Ctxs::new();
     let mut rng = Rng::new(seed);
     let mut st = Stats::default();
@@ -1072,11 +1143,12 @@ fn fuzz(family: Family, iterations: usize, seed: u64) {
         let mut p = match family {
             Family::Forward | Family::Backward => attn_problem(&mut rng, family),
             Family::Pool | Family::Decode => paged_problem(&mut rng, family),
+            Family::Merge => merge_problem(&mut rng),
         };
         run_one(&mut rng, &ctxs, &mut p, it, &mut st);
     }
     eprintln!(
-        "{family:?}: {iterations} problems, {} calls in {:.2} s; {} succeeded, {} replays; statuses {:?}",
+        "{family:?} (seed {seed}): {iterations} problems, {} calls in {:.2} s; {} succeeded, {} replays; statuses {:?}",
         st.calls,
         t0.elapsed().as_secs_f64(),
         st.ok,
@@ -1109,6 +1181,11 @@ fn fuzz_decode() {
     fuzz(Family::Decode, 2500, 4);
 }
 
+#[test]
+fn fuzz_merge_states() {
+    fuzz(Family::Merge, 2000, 7);
+}
+
 /// The entry points without tensors: NULL out-pointers, bad options, messages.
 #[test]
 fn fuzz_small_entry_points() {
@@ -1118,6 +1195,8 @@ fn fuzz_small_entry_points() {
         assert_eq!(dashattn_config_default(ptr::null_mut()), DASHATTN_ERR_NULL_POINTER);
         assert_eq!(dashattn_cuda_available(ptr::null_mut()), DASHATTN_ERR_NULL_POINTER);
         assert_eq!(dashattn_context_destroy(ptr::null_mut()), DASHATTN_SUCCESS);
+        // On a machine with CUDA, creating a CUDA context is slow: only a few are real.
+        let mut cuda_contexts = 0;
         for _ in 0..2000 {
             let mut o: dashattn_context_options = std::mem::zeroed();
             dashattn_context_options_default(&mut o);
@@ -1140,6 +1219,9 @@ fn fuzz_small_entry_points() {
             if o.num_threads > 8 || (o.num_threads == 0 && rng.chance(0.9)) {
                 o.num_threads = if valid { 1 } else { o.num_threads };
             }
+            if cuda_contexts >= 2 && (o.backend == DASHATTN_BACKEND_CUDA || o.backend == DASHATTN_BACKEND_AUTO) {
+                o.backend = DASHATTN_BACKEND_CPU;
+            }
             let s = dashattn_context_create(if rng.below(30) == 0 { ptr::null() } else { &o }, out);
             assert!((0..=14).contains(&s), "context_create returned {s}");
             if s == DASHATTN_SUCCESS {
@@ -1147,6 +1229,7 @@ fn fuzz_small_entry_points() {
                 let mut b = -1;
                 assert_eq!(dashattn_context_get_backend(c, &mut b), DASHATTN_SUCCESS);
                 assert!(b == DASHATTN_BACKEND_CPU || b == DASHATTN_BACKEND_CUDA);
+                cuda_contexts += (b == DASHATTN_BACKEND_CUDA) as usize;
                 assert_eq!(dashattn_context_set_stream(c, rng.next() as usize as *mut c_void), DASHATTN_SUCCESS);
                 assert_eq!(dashattn_context_destroy(c), DASHATTN_SUCCESS);
             } else {
@@ -1177,4 +1260,174 @@ fn fuzz_small_entry_points() {
             }
         }
     }
+}
+
+/// Packed layouts: q, k, v as views into one [N, L, P, H, D] buffer, and dq, dk, dv (or the
+/// forward's o) as views into another, at random slots and element offsets. An output that
+/// shares an element with another tensor must be refused; views that interleave without
+/// sharing an element are accepted (same dtype/shape/strides: the library's exact test;
+/// brute force here decides), and then give bitwise the results of separate buffers.
+#[test]
+fn fuzz_packed_layouts() {
+    let ctxs = Ctxs::new();
+    let ctx = ctxs.real[1];
+    let (scale, extra_seed) = env_knobs();
+    let mut rng = Rng::new(6 ^ extra_seed.wrapping_mul(0x9E37_79B9));
+    let (mut accepted, mut refused) = (0usize, 0usize);
+    let mut failures: Vec<String> = Vec::new();
+    for it in 0..400 * scale {
+        let n = rng.range(1, 2) as usize;
+        let l = rng.range(1, 40) as usize;
+        let h = rng.range(1, 2) as usize;
+        let d = rng.pick(&[1usize, 2, 4, 8]);
+        let p = rng.range(1, 4) as usize;
+        let dt = rng.pick(&[DASHATTN_DTYPE_F32, DASHATTN_DTYPE_F16, DASHATTN_DTYPE_F64]);
+        let es = esize(dt);
+        let backward = rng.chance(0.6);
+        let bs = rng.pick(&[16, 32]);
+        let mut cfg = base_cfg(&mut rng, bs, true);
+        cfg.deterministic = 1;
+        // strides of a [N, L, P, H, D] buffer viewed as [N, L, H, D]
+        let strides4 = [(l * p * h * d) as i64, (p * h * d) as i64, d as i64, 1];
+        let view_elems = (n - 1) * l * p * h * d + (l - 1) * p * h * d + (h - 1) * d + d;
+        let buf_elems = view_elems + (p - 1) * h * d + 8;
+        let offsets = |v: usize| -> Vec<usize> {
+            let mut out = Vec::new();
+            for a in 0..n {
+                for b in 0..l {
+                    for c in 0..h {
+                        for x in 0..d {
+                            out.push(v + a * strides4[0] as usize + b * strides4[1] as usize + c * strides4[2] as usize + x);
+                        }
+                    }
+                }
+            }
+            out
+        };
+        // inputs: q, k, v in one packed buffer (inputs may share memory); maybe also o, d_o
+        let qkv = GBuf::new(buf_elems * es, es);
+        fill_float(&mut rng, &qkv, dt);
+        let in_off: Vec<usize> = (0..3).map(|i| (i % p) * h * d).collect();
+        // outputs: 1 (o) or 3 (dq, dk, dv) views into one buffer, at slot * H * D plus a
+        // small element shift now and then
+        let nout = if backward { 3 } else { 1 };
+        let outb = GBuf::new(buf_elems * es, es);
+        let out_off: Vec<usize> = (0..nout)
+            .map(|_| {
+                let base = rng.below(p as u64) as usize * h * d;
+                if rng.chance(0.2) {
+                    base + rng.below(4) as usize
+                } else {
+                    base
+                }
+            })
+            .collect();
+        // sometimes an output points into the inputs' buffer
+        let out_in_qkv = rng.chance(0.1);
+        // brute force: does an output share an element with another output or an input?
+        let mut clash = false;
+        for i in 0..nout {
+            let mine: std::collections::HashSet<usize> = offsets(out_off[i]).into_iter().collect();
+            for j in i + 1..nout {
+                clash |= offsets(out_off[j]).iter().any(|x| mine.contains(x));
+            }
+            if out_in_qkv {
+                for &o in &in_off {
+                    clash |= offsets(o).iter().any(|x| mine.contains(x));
+                }
+            }
+        }
+        let mk_t = |base: *mut u8, off: usize, shape: [usize; 4]| dashattn_tensor {
+            data: unsafe { base.add(off * es) } as *mut c_void,
+            dtype: dt,
+            rank: 4,
+            shape: [shape[0] as i64, shape[1] as i64, shape[2] as i64, shape[3] as i64, 0, 0],
+            strides: [strides4[0], strides4[1], strides4[2], strides4[3], 0, 0],
+        };
+        let sh = [n, l, h, d];
+        let (q, k, v) = (mk_t(qkv.data, in_off[0], sh), mk_t(qkv.data, in_off[1], sh), mk_t(qkv.data, in_off[2], sh));
+        let obase = if out_in_qkv { qkv.data } else { outb.data };
+        let outs: Vec<dashattn_tensor> = out_off.iter().map(|&o| mk_t(obase, o, sh)).collect();
+        // separate, contiguous buffers for the same problem
+        let contig = |t: &dashattn_tensor| -> (GBuf, dashattn_tensor) {
+            let b = GBuf::new(n * l * h * d * es, es);
+            for_each_elem(4, &t.shape, &t.strides, |lin, off| unsafe { ptr::copy_nonoverlapping((t.data as *const u8).add(off * es), b.data.add(lin * es), es) });
+            let dsc = dashattn_tensor { data: b.data as *mut c_void, dtype: dt, rank: 4, shape: t.shape, strides: [(l * h * d) as i64, (h * d) as i64, d as i64, 1, 0, 0] };
+            (b, dsc)
+        };
+        let (cq, cqd) = contig(&q);
+        let (ck, ckd) = contig(&k);
+        let (cv, cvd) = contig(&v);
+        let qkv_before = qkv.body().to_vec();
+        let sdt = DASHATTN_DTYPE_F32;
+        let stat_t = |b: &GBuf| dashattn_tensor { data: b.data as *mut c_void, dtype: sdt, rank: 3, shape: [n as i64, h as i64, l as i64, 0, 0, 0], strides: [(h * l) as i64, l as i64, 1, 0, 0, 0] };
+        let (lse, tau) = (GBuf::new(n * h * l * 4, 4), GBuf::new(n * h * l * 4, 4));
+        let (lse_t, tau_t) = (stat_t(&lse), stat_t(&tau));
+        let status;
+        let mut refs: Vec<(GBuf, dashattn_tensor)> = Vec::new();
+        unsafe {
+            if backward {
+                // o, d_o, lse, tau from a contiguous forward; then the packed backward
+                let (o, od) = contig(&q);
+                let (d_o, dod) = contig(&k);
+                assert_eq!(dashattn_forward(ctx, &cfg, &cqd, &ckd, &cvd, ptr::null(), ptr::null(), &od, &lse_t, &tau_t, ptr::null_mut(), 0), DASHATTN_SUCCESS);
+                status = dashattn_backward(ctx, &cfg, &q, &k, &v, ptr::null(), ptr::null(), &od, &dod, &lse_t, &tau_t, &outs[0], &outs[1], &outs[2], ptr::null(), ptr::null_mut(), 0);
+                if status == DASHATTN_SUCCESS {
+                    let g: Vec<(GBuf, dashattn_tensor)> = (0..3).map(|_| contig(&q)).collect();
+                    assert_eq!(
+                        dashattn_backward(ctx, &cfg, &cqd, &ckd, &cvd, ptr::null(), ptr::null(), &od, &dod, &lse_t, &tau_t, &g[0].1, &g[1].1, &g[2].1, ptr::null(), ptr::null_mut(), 0),
+                        DASHATTN_SUCCESS
+                    );
+                    refs = g;
+                }
+                drop((o, d_o));
+            } else {
+                status = dashattn_forward(ctx, &cfg, &q, &k, &v, ptr::null(), ptr::null(), &outs[0], ptr::null(), ptr::null(), ptr::null_mut(), 0);
+                if status == DASHATTN_SUCCESS {
+                    let (b, od) = contig(&q);
+                    assert_eq!(dashattn_forward(ctx, &cfg, &cqd, &ckd, &cvd, ptr::null(), ptr::null(), &od, ptr::null(), ptr::null(), ptr::null_mut(), 0), DASHATTN_SUCCESS);
+                    refs.push((b, od));
+                }
+            }
+        }
+        let what = format!("iteration {it}: {} N={n} L={l} H={h} D={d} P={p} dtype {dt}, inputs at {in_off:?}, outputs at {out_off:?} in the {} buffer", if backward { "backward" } else { "forward" }, if out_in_qkv { "inputs'" } else { "outputs'" });
+        if clash {
+            refused += 1;
+            if status == DASHATTN_SUCCESS {
+                failures.push(format!("{what}: outputs share elements but the call succeeded"));
+            } else if status != DASHATTN_ERR_INVALID_ARGUMENT {
+                failures.push(format!("{what}: status {status} ({}), expected INVALID_ARGUMENT", last_message()));
+            }
+            if !out_in_qkv && outb.body().iter().any(|&x| x != POISON) {
+                failures.push(format!("{what}: refused, but the output buffer was written"));
+            }
+            if qkv.body() != qkv_before.as_slice() {
+                failures.push(format!("{what}: refused, but the inputs were written"));
+            }
+            continue;
+        }
+        if status != DASHATTN_SUCCESS {
+            failures.push(format!("{what}: disjoint views refused with {status}: {}", last_message()));
+            continue;
+        }
+        accepted += 1;
+        if !out_in_qkv && qkv.body() != qkv_before.as_slice() {
+            failures.push(format!("{what}: inputs were written"));
+        }
+        for (i, t) in outs.iter().enumerate() {
+            let mut diff = 0;
+            for_each_elem(4, &t.shape, &t.strides, |lin, off| unsafe {
+                let a = std::slice::from_raw_parts((t.data as *const u8).add(off * es), es);
+                let b = std::slice::from_raw_parts(refs[i].0.data.add(lin * es), es);
+                diff += (a != b) as usize;
+            });
+            if diff > 0 {
+                failures.push(format!("{what}: output {i} differs from separate buffers in {diff} elements"));
+            }
+        }
+        drop((cq, ck, cv));
+    }
+    eprintln!("packed layouts: {accepted} accepted, {refused} refused");
+    assert!(failures.is_empty(), "{} problem(s):\n{}", failures.len(), failures[..failures.len().min(20)].join("\n"));
+    assert!(accepted > 50 && refused > 50);
 }

@@ -495,7 +495,7 @@ int main(int argc, char **argv) {
     dashattn_context_options copt;
     int32_t backend = -1;
     int b, h, i, step, fail = 0, total_pages, *perm;
-    int g, d;
+    int d;
     double t0, t_prefill = 0.0, t_decode = 0.0, t_pool = 0.0, max_diff = 0.0;
     long prefill_tokens = 0;
     void *q, *o;
@@ -506,7 +506,6 @@ int main(int argc, char **argv) {
     if (!parse_opts(argc, argv, &e->o)) return 2;
     g_f16 = e->o.f16;
     rng_state = e->o.seed;
-    g = e->o.hq / e->o.hkv;
     d = e->o.d;
 
     printf("dashattn %s (header %d.%d.%d)\n", dashattn_version_string(), DASHATTN_VERSION_MAJOR,
@@ -707,7 +706,6 @@ int main(int argc, char **argv) {
                e->cand_blocks, e->sel_blocks, e->cand_blocks > 0 ? 100.0 * e->sel_blocks / e->cand_blocks : 0.0,
                e->local_blocks, e->ctx_keys > 0 ? 100.0 * e->read_keys / e->ctx_keys : 0.0);
     }
-    (void)g;
     check(dashattn_context_destroy(e->ctx), "dashattn_context_destroy");
     free(q); free(o); free(lse); free(qt); free(kt); free(vt); free(z);
     free(e->k_cache); free(e->v_cache); free(e->pooled); free(e->table); free(e->lens);

@@ -74,18 +74,17 @@ pub fn pool_keys_paged<A: Real, E: Elem>(threads: usize, cfg: &Config, p: &Paged
             work.push((b, j0, j1, pages));
         }
     }
-    let items: Vec<(usize, usize, &Vec<usize>, usize)> =
-        work.iter().flat_map(|(b, j0, j1, pages)| (*j0..*j1).flat_map(move |j| (0..p.hkv).map(move |h| (*b, j, pages, h)))).collect();
-    let _ = threads;
-    parallel_for(threads, items.len(), |it| {
-        let (_b, j, pages, h) = items[it];
+    parallel_for(threads, work.len() * p.hkv, |it| {
+        let ((_b, j0, j1, pages), h) = (&work[it / p.hkv], it % p.hkv);
         let mut row = vec![A::ZERO; p.d];
         let mut out = vec![A::ZERO; p.d];
-        mean_pool(bs, |i| a.k_cache.ptr_at::<E>(&[pages[(j * bs + i) / p.page_size], (j * bs + i) % p.page_size, h, 0]) as *const E, &mut row, &mut out);
-        let (page, slot) = pooled_slot(pages, j, bs, p.page_size);
-        let dst = a.pooled_cache.ptr_at::<E>(&[page, slot, h, 0]);
-        for (x, &v) in out.iter().enumerate() {
-            unsafe { *dst.add(x) = v.store::<E>() };
+        for j in *j0..*j1 {
+            mean_pool(bs, |i| a.k_cache.ptr_at::<E>(&[pages[(j * bs + i) / p.page_size], (j * bs + i) % p.page_size, h, 0]) as *const E, &mut row, &mut out);
+            let (page, slot) = pooled_slot(pages, j, bs, p.page_size);
+            let dst = a.pooled_cache.ptr_at::<E>(&[page, slot, h, 0]);
+            for (x, &v) in out.iter().enumerate() {
+                unsafe { *dst.add(x) = v.store::<E>() };
+            }
         }
     });
     Ok(())

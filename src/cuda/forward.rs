@@ -57,7 +57,7 @@ pub struct KernelParams {
     pub nb_pad: i32,
     pub qkv_aligned16: i32,
     pub o_aligned4: i32,
-    pub pad0: i32,
+    pub bs_log2: i32,
     pub pad1: i32,
     pub alpha_default: f32,
     pub scale: f32,
@@ -130,8 +130,10 @@ pub fn plan(dev: &CudaDevice, cfg: &Config, dims: &AttnDims, dtype: DType) -> Re
     let nb_pad = nbw * 32;
     let units = if cfg.selection == Selection::PerHead { dims.hq } else { dims.hkv };
     let optin = dev.props.smem_optin.max(48 * 1024) as usize;
-    let coarse_bytes = |rpw: usize| (8 * rpw * nb_pad + 8 * rpw * d + 32 * (d + 4)) * 4 + tiles_per_coarse * nbw * 4;
-    let coarse_rpw = match [4usize, 2, 1].into_iter().find(|&r| coarse_bytes(r) <= optin) {
+    // kernels/forward.cu coarse_impl: sZ [4 RB, nb_pad] + sQ [4 RB, D + 4] + sKb [256, 36]
+    // + compact lists 8 x 256 x (f32, i32) + masks
+    let coarse_bytes = |rb: usize| (4 * rb * nb_pad + 4 * rb * (d + 4) + 256 * 36 + 8 * 256 * 2) * 4 + tiles_per_coarse * nbw * 4;
+    let coarse_rpw = match [8usize, 4, 2].into_iter().find(|&r| coarse_bytes(r) <= optin) {
         Some(r) => r,
         None => bail!(Unsupported, "the CUDA forward's coarse stage holds a row of {} block scores in shared memory; this device allows {optin} bytes (too many key blocks: raise block_size)", dims.nb),
     };
@@ -268,7 +270,7 @@ pub fn forward(dev: &CudaDevice, stream: usize, cfg: &Config, dims: &AttnDims, a
         nb_pad: pl.nb_pad as i32,
         qkv_aligned16: (rows_aligned(&a.q, 16) && rows_aligned(&a.k, 16) && rows_aligned(&a.v, 16)) as i32,
         o_aligned4: rows_aligned(&a.o, 4) as i32,
-        pad0: 0,
+        bs_log2: cfg.block_size.trailing_zeros() as i32,
         pad1: 0,
         alpha_default: cfg.alpha,
         scale: sigma as f32,
@@ -296,20 +298,20 @@ pub fn forward(dev: &CudaDevice, stream: usize, cfg: &Config, dims: &AttnDims, a
     Ok(())
 }
 
-fn coarse_name(ty: &str, d: usize, rpw: usize) -> &'static str {
-    match (ty, d, rpw) {
-        ("bf16", 64, 1) => "dash_coarse_bf16_d64_r1",
+fn coarse_name(ty: &str, d: usize, rb: usize) -> &'static str {
+    match (ty, d, rb) {
         ("bf16", 64, 2) => "dash_coarse_bf16_d64_r2",
-        ("bf16", 64, _) => "dash_coarse_bf16_d64_r4",
-        ("bf16", _, 1) => "dash_coarse_bf16_d128_r1",
+        ("bf16", 64, 4) => "dash_coarse_bf16_d64_r4",
+        ("bf16", 64, _) => "dash_coarse_bf16_d64_r8",
         ("bf16", _, 2) => "dash_coarse_bf16_d128_r2",
-        ("bf16", _, _) => "dash_coarse_bf16_d128_r4",
-        (_, 64, 1) => "dash_coarse_f16_d64_r1",
+        ("bf16", _, 4) => "dash_coarse_bf16_d128_r4",
+        ("bf16", _, _) => "dash_coarse_bf16_d128_r8",
         (_, 64, 2) => "dash_coarse_f16_d64_r2",
-        (_, 64, _) => "dash_coarse_f16_d64_r4",
-        (_, _, 1) => "dash_coarse_f16_d128_r1",
+        (_, 64, 4) => "dash_coarse_f16_d64_r4",
+        (_, 64, _) => "dash_coarse_f16_d64_r8",
         (_, _, 2) => "dash_coarse_f16_d128_r2",
-        (_, _, _) => "dash_coarse_f16_d128_r4",
+        (_, _, 4) => "dash_coarse_f16_d128_r4",
+        (_, _, _) => "dash_coarse_f16_d128_r8",
     }
 }
 

@@ -12,7 +12,10 @@
 //! - Only the forward has kernels in this build; other operations report
 //!   DASHATTN_ERR_UNSUPPORTED.
 
+pub mod backward;
+pub mod decode;
 pub mod forward;
+pub mod launch;
 pub mod module;
 pub mod util;
 

@@ -35,7 +35,9 @@ pub fn fatbin_archs() -> &'static str {
 #[derive(Debug)]
 pub struct Kernels {
     pub origin: String,
-    modules: Vec<usize>,
+    /// (module, its source text): a kernel is looked up only in the module whose source
+    /// defines it (no failing cuModuleGetFunction calls for sanitizers to report).
+    modules: Vec<(usize, &'static str)>,
     funcs: Mutex<HashMap<&'static str, usize>>,
     smem_optin: i32,
 }
@@ -85,7 +87,7 @@ impl Kernels {
                 if let Some((_, image)) = embedded::FATBINS.iter().find(|(s, _)| *s == stem) {
                     match unsafe { load_image(image) } {
                         Ok(m) => {
-                            mods.push(m as usize);
+                            mods.push((m as usize, *src));
                             origins.push(format!("{stem}: fatbin ({})", embedded::FATBIN_ARCHS));
                             continue;
                         }
@@ -95,7 +97,7 @@ impl Kernels {
             }
             match nvrtc_cubin(name, src, &arch).and_then(|(c, how)| unsafe { load_image(&c) }.map(|m| (m, how))) {
                 Ok((m, how)) => {
-                    mods.push(m as usize);
+                    mods.push((m as usize, *src));
                     origins.push(format!("{stem}: nvrtc {arch} ({how})"));
                 }
                 Err(e) => errors.push(format!("{stem}: {fat_err}{e}")),
@@ -119,7 +121,17 @@ impl Kernels {
             return Ok(f as sys::CUfunction);
         }
         let cname = CString::new(name).expect("kernel name");
-        for &m in &self.modules {
+        // kernels are named dash_<family>_...; macro-generated names only show their prefix.
+        // Try modules whose source names the kernel, then those naming its family.
+        let prefix: String = name.split('_').take(2).collect::<Vec<_>>().join("_");
+        let exact: Vec<usize> = self.modules.iter().filter(|(_, s)| s.contains(name)).map(|m| m.0).collect();
+        let order: Vec<usize> = if !exact.is_empty() {
+            exact
+        } else {
+            let fam: Vec<usize> = self.modules.iter().filter(|(_, s)| s.contains(prefix.as_str())).map(|m| m.0).collect();
+            if fam.is_empty() { self.modules.iter().map(|m| m.0).collect() } else { fam }
+        };
+        for m in order {
             let mut f: sys::CUfunction = std::ptr::null_mut();
             let r = unsafe { sys::cuModuleGetFunction(&mut f, m as sys::CUmodule, cname.as_ptr()) };
             if r == sys::CUresult::CUDA_SUCCESS {
@@ -205,6 +217,27 @@ fn nvrtc() -> Result<&'static Nvrtc> {
         }
         if handle.is_null() {
             return Err(format!("NVRTC could not be loaded (tried {cands:?}; set DASHATTN_NVRTC_LIB)"));
+        }
+        // NVRTC dlopens libnvrtc-builtins by soname; when libnvrtc came from a directory
+        // outside the loader path (a pip wheel, $CUDA_HOME), preload the builtins from there.
+        {
+            let sym = libc::dlsym(handle, c"nvrtcVersion".as_ptr());
+            let mut info: libc::Dl_info = std::mem::zeroed();
+            if !sym.is_null() && libc::dladdr(sym, &mut info) != 0 && !info.dli_fname.is_null() {
+                let path = std::path::PathBuf::from(CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned());
+                if let Some(dir) = path.parent() {
+                    if let Ok(rd) = std::fs::read_dir(dir) {
+                        for e in rd.flatten() {
+                            let n = e.file_name().to_string_lossy().into_owned();
+                            if n.starts_with("libnvrtc-builtins.so") && !n.contains(".alt") {
+                                if let Ok(cs) = CString::new(e.path().to_string_lossy().into_owned()) {
+                                    libc::dlopen(cs.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
         macro_rules! sym {
             ($n:literal) => {{

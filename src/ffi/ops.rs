@@ -262,7 +262,11 @@ pub unsafe extern "C" fn dashattn_decode_workspace_size(
 /// dashattn_pool_keys_paged and up to date for every complete block; block_table
 /// [N, max_pages] i32; seq_lens [N] i32 with q_len <= seq_lens[b] <= max_pages * page_size;
 /// head_alpha optional [Hq] f32; o [N, q_len, Hq, D] output; lse optional [N, Hq, q_len]
-/// f32 output. The same math as dashattn_forward on the sequence laid out contiguously.
+/// f32 output (f64 also on the CPU). The same math as dashattn_forward on the sequence laid
+/// out contiguously with pooled_k = the cache's pooled keys (for f16/bf16 caches these are
+/// rounded to the cache dtype, so decode can differ from a forward that pools k itself by
+/// an ulp or two). The CUDA backend cannot range-check device-resident block tables and
+/// lengths before launching: its kernels skip keys on out-of-range pages instead.
 #[no_mangle]
 pub unsafe extern "C" fn dashattn_decode(
     ctx: *mut dashattn_context,
@@ -302,8 +306,9 @@ pub unsafe extern "C" fn dashattn_decode(
 /// o = sum_s exp(lse_s - lse) * o_s. A part with lse = -inf contributes nothing; when all
 /// are -inf, o = 0 and lse = -inf.
 ///
-/// Layouts: o_parts [S, N, L, H, D] (f32/f16/bf16), lse_parts [S, N, H, L] f32, o
-/// [N, L, H, D] output (dtype of o_parts), lse optional output [N, H, L] f32. No workspace.
+/// Layouts: o_parts [S, N, L, H, D] (f16/bf16; f32 and f64 on the CPU), lse_parts
+/// [S, N, H, L] f32, o [N, L, H, D] output (dtype of o_parts), lse optional output [N, H, L]
+/// f32 (the CPU also takes f64 for both). No workspace.
 #[no_mangle]
 pub unsafe extern "C" fn dashattn_merge_states(
     ctx: *mut dashattn_context,

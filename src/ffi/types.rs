@@ -10,7 +10,8 @@ pub type dashattn_status = i32;
 pub const DASHATTN_SUCCESS: dashattn_status = 0;
 /// A required pointer argument was NULL.
 pub const DASHATTN_ERR_NULL_POINTER: dashattn_status = 1;
-/// An argument has an invalid value (options out of range, a bad head_alpha entry, overlapping outputs, ...).
+/// An argument other than the config has an invalid value (context options, a head_alpha
+/// entry outside [1, 2], overlapping outputs, a foreign context pointer, ...).
 pub const DASHATTN_ERR_INVALID_ARGUMENT: dashattn_status = 2;
 /// A tensor has the wrong rank or a shape inconsistent with the other tensors.
 pub const DASHATTN_ERR_INVALID_SHAPE: dashattn_status = 3;
@@ -18,7 +19,8 @@ pub const DASHATTN_ERR_INVALID_SHAPE: dashattn_status = 3;
 pub const DASHATTN_ERR_INVALID_STRIDE: dashattn_status = 4;
 /// A tensor has an unsupported dtype or dtypes of tensors that must agree differ.
 pub const DASHATTN_ERR_INVALID_DTYPE: dashattn_status = 5;
-/// A config struct is invalid (struct_size, block size, n_local, selection, ...).
+/// The dashattn_config is invalid: struct_size, block_size, n_local, alpha, scales, or an
+/// enum/flag field (causal, selection, precision, deterministic) out of range.
 pub const DASHATTN_ERR_INVALID_CONFIG: dashattn_status = 6;
 /// A size or byte count overflows 64-bit arithmetic.
 pub const DASHATTN_ERR_OVERFLOW: dashattn_status = 7;

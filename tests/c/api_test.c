@@ -707,6 +707,77 @@ static void test_thread_independence(void) {
     free_prob(&p);
 }
 
+/* dashattn_merge_states: attention over two disjoint key halves, merged by lse, equals
+ * attention over all keys (non-causal with every block local: plain softmax attention). */
+static void test_merge_states(void) {
+    const int N = 2, LQ = 7, LK = 90, SPLIT = 37, H = 4, HKV = 2, D = 8;
+    prob_t p = make_prob(N, LQ, LK, H, HKV, D, 16, 1.0);
+    dashattn_config c = default_config();
+    size_t nq = (size_t)N * LQ * H * D, ns = (size_t)N * H * LQ;
+    double *of = xmalloc(nq * 8), *lf = xmalloc(ns * 8), *op[2], *lp[2], *om = xmalloc(nq * 8), *lm = xmalloc(ns * 8);
+    float *parts = xmalloc(2 * nq * 4), *lparts = xmalloc(2 * ns * 4), *ob = xmalloc(nq * 4), *lb = xmalloc(ns * 4);
+    dashattn_tensor to_parts, tl_parts, to, tl;
+    int64_t sh5[5], sh3[3];
+    c.block_size = 16;
+    c.causal = 0;
+    c.n_local = 64;
+    round_prob(&p, DASHATTN_DTYPE_F32, 16);
+    must(lib_forward(&p, &c, DASHATTN_DTYPE_F32, of, lf, NULL), "merge: full forward");
+    for (int part = 0; part < 2; part++) {
+        prob_t h = p;
+        int lo = part ? SPLIT : 0, hi = part ? LK : SPLIT;
+        size_t row = (size_t)HKV * D;
+        h.lk = hi - lo;
+        h.k = xmalloc((size_t)N * h.lk * row * 8);
+        h.v = xmalloc((size_t)N * h.lk * row * 8);
+        for (int b = 0; b < N; b++) {
+            memcpy(h.k + (size_t)b * h.lk * row, p.k + ((size_t)b * LK + lo) * row, (size_t)h.lk * row * 8);
+            memcpy(h.v + (size_t)b * h.lk * row, p.v + ((size_t)b * LK + lo) * row, (size_t)h.lk * row * 8);
+        }
+        op[part] = xmalloc(nq * 8);
+        lp[part] = xmalloc(ns * 8);
+        must(lib_forward(&h, &c, DASHATTN_DTYPE_F32, op[part], lp[part], NULL), "merge: partial forward");
+        for (size_t i = 0; i < nq; i++) parts[part * nq + i] = (float)op[part][i];
+        for (size_t i = 0; i < ns; i++) lparts[part * ns + i] = (float)lp[part][i];
+        free(h.k);
+        free(h.v);
+    }
+    sh5[0] = 2; sh5[1] = N; sh5[2] = LQ; sh5[3] = H; sh5[4] = D;
+    to_parts = tensor(parts, DASHATTN_DTYPE_F32, 5, sh5);
+    sh3[0] = N; sh3[1] = H; sh3[2] = LQ;
+    tl_parts = t4(lparts, DASHATTN_DTYPE_F32, 2, N, H, LQ);
+    to = t4(ob, DASHATTN_DTYPE_F32, N, LQ, H, D);
+    tl = tensor(lb, DASHATTN_DTYPE_F32, 3, sh3);
+    must(dashattn_merge_states(g_ctx, &to_parts, &tl_parts, &to, &tl), "merge_states");
+    for (size_t i = 0; i < nq; i++) om[i] = ob[i];
+    for (size_t i = 0; i < ns; i++) lm[i] = lb[i];
+    CHECK(max_abs_diff(om, of, nq) <= 2e-6, "%s: max |o_merged - o_full| = %g > %g", "merge_states", max_abs_diff(om, of, nq), 2e-6);
+    CHECK(max_abs_diff(lm, lf, ns) <= 2e-5, "%s: max |lse_merged - lse_full| = %g > %g", "merge_states", max_abs_diff(lm, lf, ns), 2e-5);
+    /* a part with lse = -inf contributes nothing: [part 0, empty] merges to part 0 exactly */
+    for (size_t i = 0; i < ns; i++) lparts[ns + i] = -INFINITY;
+    must(dashattn_merge_states(g_ctx, &to_parts, &tl_parts, &to, &tl), "merge_states with an empty part");
+    {
+        int same = 1;
+        for (size_t i = 0; i < nq; i++) same &= ob[i] == parts[i];
+        for (size_t i = 0; i < ns; i++) same &= lb[i] == lparts[i];
+        CHECK(same, "%s", "merge_states: [x, empty] is not exactly x", 0, 0);
+    }
+    for (size_t i = 0; i < ns; i++) lparts[i] = -INFINITY;
+    must(dashattn_merge_states(g_ctx, &to_parts, &tl_parts, &to, &tl), "merge_states with all parts empty");
+    {
+        int ok = 1;
+        for (size_t i = 0; i < nq; i++) ok &= ob[i] == 0.0f;
+        for (size_t i = 0; i < ns; i++) ok &= isinf(lb[i]) && lb[i] < 0;
+        CHECK(ok, "%s", "merge_states: all parts empty must give o = 0, lse = -inf", 0, 0);
+    }
+    free(of); free(lf); free(om); free(lm); free(parts); free(lparts); free(ob); free(lb);
+    for (int i = 0; i < 2; i++) {
+        free(op[i]);
+        free(lp[i]);
+    }
+    free_prob(&p);
+}
+
 /* --- paged cache helpers --- */
 typedef struct {
     int n, num_pages, page, max_pages, slots, hkv, d, bs;
@@ -1518,6 +1589,60 @@ static void test_paged_errors(void) {
     free(kc); free(vc); free(pc); free(q); free(ws);
 }
 
+/* ---- merge_states ---- */
+static void merge_expect(const dashattn_tensor *op, const dashattn_tensor *lp, const dashattn_tensor *o, const dashattn_tensor *l,
+                         dashattn_context *ctx, dashattn_status want, const char *what, const char *hint) {
+    char label[160];
+    dashattn_status st;
+    outs_poison();
+    set_sentinel();
+    st = dashattn_merge_states(ctx, op, lp, o, l);
+    sprintf(label, "merge_states: %s", what);
+    expect_err(st, want, label, hint);
+}
+
+static void test_merge_errors(void) {
+    const int S = 3, N = 2, L = 5, H = 2, D = 8;
+    float *parts = g_fill(OUTBUF / 4), *lparts = g_fill(OUTBUF / 4);
+    int64_t sh5[5];
+    dashattn_tensor op, lp, o, l, c_op, c_lp, c_o, c_l;
+    sh5[0] = S; sh5[1] = N; sh5[2] = L; sh5[3] = H; sh5[4] = D;
+    op = tensor(parts, DASHATTN_DTYPE_F32, 5, sh5);
+    lp = t4(lparts, DASHATTN_DTYPE_F32, S, N, H, L);
+    o = t4(g_ob, DASHATTN_DTYPE_F32, N, L, H, D);
+    l = t3(g_lb, DASHATTN_DTYPE_F32, N, H, L);
+    outs_set(2, g_ob, g_lb);
+    merge_expect(&op, &lp, &o, &l, g_ctx, DASHATTN_SUCCESS, "valid base call", NULL);
+    merge_expect(&op, &lp, &o, NULL, g_ctx, DASHATTN_SUCCESS, "lse output NULL (optional)", NULL);
+    merge_expect(&op, &lp, &o, &l, NULL, DASHATTN_ERR_NULL_POINTER, "ctx NULL", "ctx");
+    merge_expect(NULL, &lp, &o, &l, g_ctx, DASHATTN_ERR_NULL_POINTER, "o_parts NULL", "o_parts");
+    merge_expect(&op, NULL, &o, &l, g_ctx, DASHATTN_ERR_NULL_POINTER, "lse_parts NULL", "lse_parts");
+    merge_expect(&op, &lp, NULL, &l, g_ctx, DASHATTN_ERR_NULL_POINTER, "o NULL", "o");
+    c_op = op; c_op.rank = 4; merge_expect(&c_op, &lp, &o, &l, g_ctx, DASHATTN_ERR_INVALID_SHAPE, "o_parts rank 4", "o_parts");
+    c_op = op; c_op.shape[0] = 0; c_lp = lp; c_lp.shape[0] = 0;
+    merge_expect(&c_op, &c_lp, &o, &l, g_ctx, DASHATTN_ERR_INVALID_SHAPE, "S = 0 parts", "o_parts");
+    c_lp = t4(lparts, DASHATTN_DTYPE_F32, S, N, L, H); merge_expect(&op, &c_lp, &o, &l, g_ctx, DASHATTN_ERR_INVALID_SHAPE, "lse_parts [S, N, L, H]", "lse_parts");
+    c_o = o; c_o.shape[3] = D + 1; merge_expect(&op, &lp, &c_o, &l, g_ctx, DASHATTN_ERR_INVALID_SHAPE, "o head dim differs", "o");
+    c_l = l; c_l.shape[0] = N + 1; merge_expect(&op, &lp, &o, &c_l, g_ctx, DASHATTN_ERR_INVALID_SHAPE, "lse batch differs", "lse");
+    c_o = o; c_o.dtype = DASHATTN_DTYPE_F16; merge_expect(&op, &lp, &c_o, &l, g_ctx, DASHATTN_ERR_INVALID_DTYPE, "o f16, parts f32", "o");
+    c_lp = lp; c_lp.dtype = DASHATTN_DTYPE_F16; merge_expect(&op, &c_lp, &o, &l, g_ctx, DASHATTN_ERR_INVALID_DTYPE, "lse_parts f16", "lse_parts");
+    c_op = op; c_op.dtype = DASHATTN_DTYPE_I32; c_o = o; c_o.dtype = DASHATTN_DTYPE_I32;
+    merge_expect(&c_op, &lp, &c_o, &l, g_ctx, DASHATTN_ERR_INVALID_DTYPE, "i32 parts", "o_parts");
+    c_op = op; c_op.dtype = 42; merge_expect(&c_op, &lp, &o, &l, g_ctx, DASHATTN_ERR_INVALID_DTYPE, "dtype 42", "o_parts");
+    c_op = op; c_op.strides[4] = 2; merge_expect(&c_op, &lp, &o, &l, g_ctx, DASHATTN_ERR_INVALID_STRIDE, "o_parts last dim strided", "o_parts");
+    c_o = o; c_o.strides[1] = 0; merge_expect(&op, &lp, &c_o, &l, g_ctx, DASHATTN_ERR_INVALID_STRIDE, "o rows overlapping", "o");
+    c_l = l; c_l.strides[2] = 0; merge_expect(&op, &lp, &o, &c_l, g_ctx, DASHATTN_ERR_INVALID_STRIDE, "lse overlapping", "lse");
+    c_lp = lp; c_lp.strides[0] = -1; merge_expect(&op, &c_lp, &o, &l, g_ctx, DASHATTN_ERR_INVALID_STRIDE, "negative lse_parts stride", "lse_parts");
+    c_op = op; c_op.shape[2] = -1; merge_expect(&c_op, &lp, &o, &l, g_ctx, DASHATTN_ERR_INVALID_SHAPE, "negative L", "o_parts");
+    c_op = op; c_op.shape[0] = INT64_C(1) << 62; merge_expect(&c_op, &lp, &o, &l, g_ctx, DASHATTN_ERR_OVERFLOW, "S = 2^62", NULL);
+    c_op = op; c_op.data = (char *)parts + 2; merge_expect(&c_op, &lp, &o, &l, g_ctx, DASHATTN_ERR_MISALIGNED, "o_parts misaligned", "o_parts");
+    c_o = o; c_o.data = parts; outs_set(1, g_lb); merge_expect(&op, &lp, &c_o, &l, g_ctx, DASHATTN_ERR_INVALID_ARGUMENT, "o aliases o_parts", "overlap");
+    outs_set(2, g_ob, g_lb);
+    c_l = l; c_l.data = g_ob; outs_set(1, g_ob); merge_expect(&op, &lp, &o, &c_l, g_ctx, DASHATTN_ERR_INVALID_ARGUMENT, "lse aliases o", "overlap");
+    free(parts);
+    free(lparts);
+}
+
 /* ---- context, options, messages, version ---- */
 static void test_context_errors(void) {
     dashattn_context_options o;
@@ -1654,6 +1779,7 @@ int main(void) {
     printf("  forward vs C reference done (%d passed, %d failed so far)\n", n_pass, n_fail);
     test_workspace_roundtrip();
     test_thread_independence();
+    test_merge_states();
     test_pool_and_decode();
     printf("  pool/decode done (%d passed, %d failed so far)\n", n_pass, n_fail);
     test_backward_fd();
@@ -1661,6 +1787,7 @@ int main(void) {
     test_forward_errors();
     test_backward_errors();
     test_paged_errors();
+    test_merge_errors();
     test_context_errors();
     printf("  error paths done\n");
     dashattn_context_destroy(g_ctx);
