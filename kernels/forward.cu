@@ -335,43 +335,62 @@ template <bool BF16, int D, int RB> __device__ void coarse_impl(const Params& p)
             if (p.causal) e = t < 0 ? 0 : max(0, (t >> p.bs_log2) - p.n_local + 1);
             jend = max(jend, e);
         }
-        for (int jc = 0; jc < jend; jc += SW) {
-            float acc[RB][4];
+        // (sweep, d-slice) steps; the next slice's kbar is loaded into registers while the
+        // current one is consumed from shared memory.
+        constexpr int NSL = D / DS;
+        constexpr int PRE = SW * (DS / 4) / 256;  // float4 per thread per slice
+        const int nsteps = ((jend + SW - 1) / SW) * NSL;
+        float4 pre[PRE];
+        auto gload = [&](int step) {
+            const int jc = (step / NSL) * SW, d0 = (step % NSL) * DS;
 #pragma unroll
-            for (int i = 0; i < RB; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-            for (int d0 = 0; d0 < D; d0 += DS) {
-                __syncthreads();
-                for (int idx = tid; idx < SW * (DS / 4); idx += blockDim.x) {
-                    int jj = idx / (DS / 4), d4 = idx % (DS / 4);
-                    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-                    if (jc + jj < jend) v = *(const float4*)(kbar + (i64)(jc + jj) * D + d0 + d4 * 4);
-                    *(float4*)(sKb + jj * KS + d4 * 4) = v;
-                }
-                __syncthreads();
+            for (int r = 0; r < PRE; r++) {
+                int idx = tid + r * 256;
+                int jj = idx / (DS / 4), d4 = idx % (DS / 4);
+                pre[r] = jc + jj < jend ? *(const float4*)(kbar + (i64)(jc + jj) * D + d0 + d4 * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+        };
+        if (nsteps > 0) gload(0);
+        float acc[RB][4];
+        for (int step = 0; step < nsteps; step++) {
+            const int jc = (step / NSL) * SW, d0 = (step % NSL) * DS;
+            if (d0 == 0) {
 #pragma unroll
-                for (int d4 = 0; d4 < DS / 4; d4++) {
-                    float4 kv[4];
+                for (int i = 0; i < RB; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+            }
+            __syncthreads();
 #pragma unroll
-                    for (int k = 0; k < 4; k++) kv[k] = *(const float4*)(sKb + (warp * 32 + lb + 8 * k) * KS + d4 * 4);
+            for (int r = 0; r < PRE; r++) {
+                int idx = tid + r * 256;
+                *(float4*)(sKb + (idx / (DS / 4)) * KS + (idx % (DS / 4)) * 4) = pre[r];
+            }
+            __syncthreads();
+            if (step + 1 < nsteps) gload(step + 1);
 #pragma unroll
-                    for (int i = 0; i < RB; i++) {
-                        float4 qv = *(const float4*)(sQ + (lr + 4 * i) * QS + d0 + d4 * 4);
+            for (int d4 = 0; d4 < DS / 4; d4++) {
+                float4 kv[4];
 #pragma unroll
-                        for (int k = 0; k < 4; k++) acc[i][k] += qv.x * kv[k].x + qv.y * kv[k].y + qv.z * kv[k].z + qv.w * kv[k].w;
-                    }
+                for (int k = 0; k < 4; k++) kv[k] = *(const float4*)(sKb + (warp * 32 + lb + 8 * k) * KS + d4 * 4);
+#pragma unroll
+                for (int i = 0; i < RB; i++) {
+                    float4 qv = *(const float4*)(sQ + (lr + 4 * i) * QS + d0 + d4 * 4);
+#pragma unroll
+                    for (int k = 0; k < 4; k++) acc[i][k] += qv.x * kv[k].x + qv.y * kv[k].y + qv.z * kv[k].z + qv.w * kv[k].w;
                 }
             }
+            if (d0 + DS == D) {
 #pragma unroll
-            for (int i = 0; i < RB; i++) {
-                int ii = lr + 4 * i, u = b0 + ii;
-                int tl = u / URT, rl = (u % URT) / upr;
-                int r = (tile0 + tl) * RT + rl;
-                bool rv = u < total && tile0 + tl < p.ntiles && r < p.Lq;
-                int t = p.Lk - p.Lq + r;
+                for (int i = 0; i < RB; i++) {
+                    int ii = lr + 4 * i, u = b0 + ii;
+                    int tl = u / URT, rl = (u % URT) / upr;
+                    int r = (tile0 + tl) * RT + rl;
+                    bool rv = u < total && tile0 + tl < p.ntiles && r < p.Lq;
+                    int t = p.Lk - p.Lq + r;
 #pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    int j = jc + warp * 32 + lb + 8 * k;
-                    if (j < nbp) sZ[ii * nbp + j] = (rv && j < p.nb && is_cand(p, t, j)) ? acc[i][k] * sc : DA_NEG_INF;
+                    for (int k = 0; k < 4; k++) {
+                        int j = jc + warp * 32 + lb + 8 * k;
+                        if (j < nbp) sZ[ii * nbp + j] = (rv && j < p.nb && is_cand(p, t, j)) ? acc[i][k] * sc : DA_NEG_INF;
+                    }
                 }
             }
         }
@@ -551,17 +570,40 @@ template <bool BF16, int D, int BN> __device__ void fine_impl(const Params& p) {
         }
         return -1;
     };
+    // K/V chunk loader. Thread tid copies 16-byte chunk lc of rows lrow + RSTEP * it; the
+    // swizzled chunk depends on row & 7 = lrow & 7 only, so every smem offset and global
+    // pointer is a per-thread base plus a constant step (the fast, 16-byte aligned path).
+    constexpr int RSTEP = 128 / CH;
+    const int ldrow = tid / CH, lc = tid % CH;
+    const u16* kthr = p.k + (i64)n * p.k_sn + (i64)hk * p.k_sh + (i64)ldrow * p.k_sl + lc * 8;
+    const u16* vthr = p.v + (i64)n * p.v_sn + (i64)hk * p.v_sh + (i64)ldrow * p.v_sl + lc * 8;
+    const i64 kstep = (i64)RSTEP * p.k_sl, vstep = (i64)RSTEP * p.v_sl;
+    const u32 sK0 = smem_u32(sK + swz<D>(ldrow, lc)), sV0 = smem_u32(sV + swz<D>(ldrow, lc));
+    const float* kbar_h = p.kbar + ((i64)n * p.Hkv + hk) * p.nb * D;
     auto load_kv = [&](int ci, int buf) {
-        for (int idx = tid; idx < BN * CH; idx += 128) {
-            int row = idx / CH, c = idx % CH;
-            int i = ci * BN + row;
-            bool valid = i < p.Lk;
-            int ii = valid ? i : 0;
-            load16(sK + buf * BN * D + swz<D>(row, c), p.k + (i64)n * p.k_sn + (i64)ii * p.k_sl + (i64)hk * p.k_sh + c * 8, valid, aligned);
-            load16(sV + buf * BN * D + swz<D>(row, c), p.v + (i64)n * p.v_sn + (i64)ii * p.v_sl + (i64)hk * p.v_sh + c * 8, valid, aligned);
+        if (aligned) {
+            const u16* kp = kthr + (i64)ci * BN * p.k_sl;
+            const u16* vp = vthr + (i64)ci * BN * p.v_sl;
+            const int i0 = ci * BN + ldrow;
+#pragma unroll
+            for (int it = 0; it < BN / RSTEP; it++) {
+                bool valid = i0 + it * RSTEP < p.Lk;
+                u32 so = (u32)((buf * BN * D + it * RSTEP * D) * 2);
+                cp_async16(sK0 + so, valid ? (const void*)(kp + it * kstep) : (const void*)p.k, valid ? 16 : 0);
+                cp_async16(sV0 + so, valid ? (const void*)(vp + it * vstep) : (const void*)p.v, valid ? 16 : 0);
+            }
+        } else {
+            for (int idx = tid; idx < BN * CH; idx += 128) {
+                int row = idx / CH, c = idx % CH;
+                int i = ci * BN + row;
+                bool valid = i < p.Lk;
+                int ii = valid ? i : 0;
+                load16(sK + buf * BN * D + swz<D>(row, c), p.k + (i64)n * p.k_sn + (i64)ii * p.k_sl + (i64)hk * p.k_sh + c * 8, valid, false);
+                load16(sV + buf * BN * D + swz<D>(row, c), p.v + (i64)n * p.v_sn + (i64)ii * p.v_sl + (i64)hk * p.v_sh + c * 8, valid, false);
+            }
         }
         int j = ci >> bpc_log2;
-        if (tid < D / 4) cp_async16(smem_u32(sKb + buf * D + tid * 4), p.kbar + (((i64)n * p.Hkv + hk) * p.nb + j) * D + tid * 4, 16);
+        if (tid < D / 4) cp_async16(smem_u32(sKb + buf * D + tid * 4), kbar_h + (i64)j * D + tid * 4, 16);
     };
 
     int ci = next_chunk(0);

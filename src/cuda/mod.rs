@@ -83,7 +83,9 @@ pub struct CudaDevice {
     pub ordinal: i32,
     pub props: DeviceProps,
     dev: sys::CUdevice,
-    ctx: sys::CUcontext,
+    /// The primary context, retained on first use (so that merely opening a device, as
+    /// backend AUTO does, creates no CUDA context and takes no device memory).
+    ctx: std::sync::OnceLock<usize>,
 }
 
 type KernelSlot = (i32, &'static std::result::Result<module::Kernels, Error>);
@@ -118,8 +120,6 @@ impl CudaDevice {
         unsafe {
             let mut dev: sys::CUdevice = 0;
             check(sys::cuDeviceGet(&mut dev, ordinal), "cuDeviceGet")?;
-            let mut ctx: sys::CUcontext = std::ptr::null_mut();
-            check(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
             let attr = |a: sys::CUdevice_attribute| -> Result<i32> {
                 let mut v = 0;
                 check(sys::cuDeviceGetAttribute(&mut v, a, dev), "cuDeviceGetAttribute")?;
@@ -134,14 +134,7 @@ impl CudaDevice {
                     cc_minor: attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
                 })
             })();
-            let props = match props {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = sys::cuDevicePrimaryCtxRelease_v2(dev);
-                    return Err(e);
-                }
-            };
-            Ok(CudaDevice { ordinal, props, dev, ctx })
+            Ok(CudaDevice { ordinal, props: props?, dev, ctx: std::sync::OnceLock::new() })
         }
     }
 
@@ -151,7 +144,21 @@ impl CudaDevice {
 
     /// Makes the primary context current for this thread until the guard drops.
     pub(crate) fn bind(&self) -> Result<CtxGuard> {
-        check(unsafe { sys::cuCtxPushCurrent_v2(self.ctx) }, "cuCtxPushCurrent")?;
+        let ctx = match self.ctx.get() {
+            Some(&c) => c,
+            None => {
+                let mut c: sys::CUcontext = std::ptr::null_mut();
+                check(unsafe { sys::cuDevicePrimaryCtxRetain(&mut c, self.dev) }, "cuDevicePrimaryCtxRetain")?;
+                if self.ctx.set(c as usize).is_err() {
+                    // another thread retained it first: keep one reference
+                    unsafe {
+                        let _ = sys::cuDevicePrimaryCtxRelease_v2(self.dev);
+                    }
+                }
+                *self.ctx.get().expect("primary context")
+            }
+        };
+        check(unsafe { sys::cuCtxPushCurrent_v2(ctx as sys::CUcontext) }, "cuCtxPushCurrent")?;
         Ok(CtxGuard)
     }
 
@@ -187,16 +194,18 @@ impl CudaDevice {
         self.dev
     }
 
-    /// The primary context (retained by this device object).
+    /// The primary context (retained by this device object on first use; null before).
     pub fn raw_context(&self) -> sys::CUcontext {
-        self.ctx
+        self.ctx.get().map_or(std::ptr::null_mut(), |&c| c as sys::CUcontext)
     }
 }
 
 impl Drop for CudaDevice {
     fn drop(&mut self) {
-        unsafe {
-            let _ = sys::cuDevicePrimaryCtxRelease_v2(self.dev);
+        if self.ctx.get().is_some() {
+            unsafe {
+                let _ = sys::cuDevicePrimaryCtxRelease_v2(self.dev);
+            }
         }
     }
 }

@@ -135,8 +135,14 @@ impl Kernels {
             let mut f: sys::CUfunction = std::ptr::null_mut();
             let r = unsafe { sys::cuModuleGetFunction(&mut f, m as sys::CUmodule, cname.as_ptr()) };
             if r == sys::CUresult::CUDA_SUCCESS {
+                // the dynamic limit is the opt-in maximum less the kernel's static smem
+                let mut stat = 0;
+                unsafe {
+                    let _ = sys::cuFuncGetAttribute(&mut stat, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, f);
+                }
+                let dynamic = (self.smem_optin - stat.max(0)).max(0);
                 check(
-                    unsafe { sys::cuFuncSetAttribute(f, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, self.smem_optin) },
+                    unsafe { sys::cuFuncSetAttribute(f, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic) },
                     "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)",
                 )?;
                 map.insert(name, f as usize);
@@ -203,6 +209,7 @@ fn nvrtc_candidates() -> Vec<String> {
     v
 }
 
+#[allow(clippy::missing_transmute_annotations)]
 fn nvrtc() -> Result<&'static Nvrtc> {
     static LIB: std::sync::OnceLock<std::result::Result<Nvrtc, String>> = std::sync::OnceLock::new();
     LIB.get_or_init(|| unsafe {

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Backward and decode benchmarks: dashattn (CUDA, through the Python binding = the public C
+API) beside torch SDPA (cuDNN and flash backends) in the same process, same GPU.
+
+    DASHATTN_LIBRARY=.../libdashattn.so python3 scripts/bench_backward_decode.py \
+        [--bwd-lens 8192,16384,32768] [--dec-lens 8192,32768,131072] [--batches 1,8,64] \
+        [--kscale 1,4,8] [--reps 10]
+
+Inputs come from the topic generator of docs/performance.md (a topic vector per key block
+and KV head; keys = kscale * (topic + 0.5 noise), queries = mix of 3 earlier topics +
+noise): a larger kscale concentrates attention, so entmax keeps fewer blocks.
+
+Backward: causal, batch 1, Hq=32, Hkv=8, D=128, B=64, bf16, per-group selection, alpha 1.5.
+Our backward time vs SDPA's backward (autograd.grad of an SDPA output). Row-level block
+sparsity = 1 - (selected + local blocks) / (causal blocks), from the forward's tau.
+Decode: one query token per sequence over a paged cache (pages of 64 tokens, identity page
+table), pooled keys precomputed; SDPA decode reads the same K/V laid out contiguously.
+Bandwidth counts the bytes our decode must read: pooled keys of every candidate block plus
+K and V of the selected and local blocks (per KV group) and q/o.
+"""
+import argparse, math, os, sys
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--bwd-lens", default="8192,16384,32768")
+ap.add_argument("--dec-lens", default="8192,32768,131072")
+ap.add_argument("--batches", default="1,8,64")
+ap.add_argument("--kscale", default="1,4,8")
+ap.add_argument("--reps", type=int, default=10)
+ap.add_argument("--skip", default="")
+a = ap.parse_args()
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bindings", "python"))
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel, SDPBackend
+import dashattn
+
+HQ, HKV, D, B, ALPHA = 32, 8, 128, 64, 1.5
+G = HQ // HKV
+dev = "cuda"
+torch.manual_seed(0)
+
+
+def median_ms(fn, reps):
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); fn(); e.record(); e.synchronize()
+        ts.append(s.elapsed_time(e))
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def topics(n, L, kscale):
+    """k, v [n, L, Hkv, D] and a query generator mixing topics of earlier blocks."""
+    nb = (L + B - 1) // B
+    T = torch.randn(n, nb, HKV, D, device=dev)
+    blk = torch.arange(L, device=dev) // B
+    k = kscale * (T[:, blk] + 0.5 * torch.randn(n, L, HKV, D, device=dev))
+    v = torch.randn(n, L, HKV, D, device=dev)
+    return T, k.bfloat16(), v.bfloat16()
+
+
+def queries(T, rows_pos, n):
+    """q [n, len(rows_pos), Hq, D]: each row mixes 3 random topics of blocks <= its own."""
+    R = rows_pos.numel()
+    hi = (rows_pos // B + 1).float()
+    idx = (torch.rand(n, R, 3, HQ, device=dev) * hi[None, :, None, None]).long()
+    hk = torch.arange(HQ, device=dev) // G
+    q = T[torch.arange(n, device=dev)[:, None, None, None], idx, hk[None, None, None, :]].sum(2) / math.sqrt(3)
+    return (q + torch.randn(n, R, HQ, D, device=dev)).bfloat16()
+
+
+def row_sparsity(q, kbar, tau, pos, sigma):
+    """Row-level: 1 - attended blocks / causal blocks, from z and the forward's tau
+    (per-group selection: tau of the group's first head)."""
+    n, R = q.shape[0], q.shape[1]
+    att = dense = 0
+    for r0 in range(0, R, 2048):
+        qs = q[:, r0:r0 + 2048].float().view(n, -1, HKV, G, D).mean(3)  # [n, r, Hkv, D]
+        z = sigma * torch.einsum("nrhd,njhd->nrhj", qs, kbar)
+        t = tau[:, ::G, r0:r0 + 2048].permute(0, 2, 1)[..., None]  # [n, r, Hkv, 1]
+        p = pos[r0:r0 + 2048]
+        c = (p // B)[None, :, None, None]
+        j = torch.arange(kbar.shape[1], device=dev)[None, None, None, :]
+        sel = ((ALPHA - 1) * z - t > 0) & (j <= c - 1)
+        att += sel.sum().item() + (n * HKV * p.numel())  # + 1 local block per row
+        dense += (n * HKV * (p // B + 1)).sum().item()
+    return 1 - att / dense
+
+
+def bench_backward():
+    print("\n## Backward (causal, batch 1, Hq=32, Hkv=8, D=128, B=64, bf16)\n")
+    print("|     L | kscale | row sparsity | dash bwd ms | cuDNN bwd ms | flash bwd ms | x cuDNN | x flash | dash TF/s (attended) |")
+    print("|------:|-------:|-------------:|------------:|-------------:|-------------:|--------:|--------:|---------------------:|")
+    sigma = 1 / math.sqrt(D)
+    for L in [int(x) for x in a.bwd_lens.split(",")]:
+        base = {}
+        qd = torch.randn(1, HQ, L, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        kd = torch.randn(1, HKV, L, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        vd = torch.randn(1, HKV, L, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+            try:
+                with sdpa_kernel([be]):
+                    o = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, enable_gqa=True)
+                    do = torch.randn_like(o)
+                    base[name] = median_ms(lambda: torch.autograd.grad(o, (qd, kd, vd), do, retain_graph=True), a.reps)
+                    del o
+            except Exception as ex:  # noqa
+                print(f"# SDPA {name} L={L}: {ex}", file=sys.stderr)
+                base[name] = float("nan")
+        del qd, kd, vd
+        torch.cuda.empty_cache()
+        for ks in [float(x) for x in a.kscale.split(",")]:
+            T, k, v = topics(1, L, ks)
+            pos = torch.arange(L, device=dev)
+            q = queries(T, pos, 1)
+            ctx = dashattn.Context("cuda")
+            o, lse, tau = dashattn.forward(q, k, v, alpha=ALPHA, block_size=B, context=ctx)
+            do = torch.randn_like(o)
+            out = [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)]
+            ms = median_ms(lambda: dashattn.backward(q, k, v, o, do, lse, tau, alpha=ALPHA, block_size=B, context=ctx,
+                                                     dq=out[0], dk=out[1], dv=out[2]), max(3, a.reps // 2))
+            kbar = k.float().view(1, -1, B, HKV, D).mean(2) if L % B == 0 else None
+            sp = row_sparsity(q, kbar, tau, pos, sigma) if kbar is not None else float("nan")
+            dense_flops = 2.5 * 4 * L * L / 2 * D * HQ  # backward ~2.5x forward's 4*L^2/2*D*Hq
+            tf = dense_flops * (1 - sp) / (ms * 1e-3) / 1e12
+            print(f"| {L:5d} | {ks:6g} | {100*sp:11.1f}% | {ms:11.3f} | {base['cudnn']:12.3f} | {base['flash']:12.3f} | "
+                  f"{base['cudnn']/ms:7.2f} | {base['flash']/ms:7.2f} | {tf:20.1f} |", flush=True)
+            ctx.close()
+            del T, k, v, q, o, lse, tau, do, out
+            torch.cuda.empty_cache()
+
+
+def entmax_tau(z, alpha, valid):
+    """alpha-entmax threshold per row by bisection (float64), z [..., n], valid mask."""
+    s = torch.where(valid, (alpha - 1) * z.double(), torch.full_like(z, -1e30, dtype=torch.float64))
+    mx = s.max(-1, keepdim=True).values
+    lo, hi = mx - 1, mx
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        f = (torch.clamp(s - mid, min=0) ** (1 / (alpha - 1))).sum(-1, keepdim=True)
+        lo = torch.where(f >= 1, mid, lo)
+        hi = torch.where(f >= 1, hi, mid)
+    return lo
+
+
+def bench_decode():
+    print("\n## Decode (one token per sequence, Hq=32, Hkv=8, D=128, B=64, bf16, pages of 64)\n")
+    print("| batch | context | kscale | block sparsity | dash us | cuDNN us | flash us | x cuDNN | x flash | dash GB/s on bytes read |")
+    print("|------:|--------:|-------:|---------------:|--------:|---------:|---------:|--------:|--------:|------------------------:|")
+    sigma = 1 / math.sqrt(D)
+    for n in [int(x) for x in a.batches.split(",")]:
+        for L in [int(x) for x in a.dec_lens.split(",")]:
+            if n * L * HKV * D * 2 * 2 > 40e9:
+                print(f"| {n:5d} | {L:7d} | (skipped: {n*L*HKV*D*4/1e9:.0f} GB of K/V) |||||||")
+                continue
+            for ks in [float(x) for x in a.kscale.split(",")]:
+                T, k, v = topics(n, L, ks)
+                q = queries(T, torch.tensor([L - 1], device=dev), n)  # [n, 1, Hq, D]
+                del T
+                ps = 64
+                pages = n * L // ps
+                kc, vc = k.view(pages, ps, HKV, D), v.view(pages, ps, HKV, D)
+                table = torch.arange(pages, device=dev, dtype=torch.int32).view(n, L // ps)
+                lens = torch.full((n,), L, device=dev, dtype=torch.int32)
+                pooled = torch.empty(pages, 1, HKV, D, device=dev, dtype=torch.bfloat16)
+                ctx = dashattn.Context("cuda")
+                dashattn.pool_keys_paged(kc, pooled, table, torch.zeros_like(lens), lens, block_size=B, context=ctx)
+                o = torch.empty_like(q)
+                us = 1e3 * median_ms(lambda: dashattn.decode(q, kc, vc, pooled, table, lens, alpha=ALPHA, block_size=B,
+                                                             context=ctx, out=o), a.reps)
+                # Selection statistics (per KV group, as the kernel selects).
+                nb = L // B
+                kbar = pooled.view(n, nb, HKV, D).float()
+                qg = q.float().view(n, HKV, G, D).mean(2)
+                z = sigma * torch.einsum("nhd,njhd->nhj", qg, kbar)
+                cand = torch.arange(nb, device=dev)[None, None, :] <= (L - 1) // B - 1
+                tau = entmax_tau(z, ALPHA, cand)
+                sel = (((ALPHA - 1) * z.double() - tau) > 0) & cand
+                att = sel.sum().item() + n * HKV  # + the local block
+                sparsity = 1 - att / (n * HKV * nb)
+                bytes_read = att * B * D * 2 * 2 + n * HKV * nb * D * 2 + 2 * q.numel() * 2
+                kd, vd = k.transpose(1, 2), v.transpose(1, 2)
+                qd = q.transpose(1, 2)
+                base = {}
+                for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+                    try:
+                        with sdpa_kernel([be]):
+                            base[name] = 1e3 * median_ms(lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=True), a.reps)
+                    except Exception as ex:  # noqa
+                        print(f"# SDPA {name} n={n} L={L}: {str(ex)[:120]}", file=sys.stderr)
+                        base[name] = float("nan")
+                print(f"| {n:5d} | {L:7d} | {ks:6g} | {100*sparsity:13.1f}% | {us:7.1f} | {base['cudnn']:8.1f} | {base['flash']:8.1f} | "
+                      f"{base['cudnn']/us:7.2f} | {base['flash']/us:7.2f} | {bytes_read/(us*1e-6)/1e9:23.0f} |", flush=True)
+                ctx.close()
+                del k, v, q, kc, vc, pooled, o, kd, vd, qd
+                torch.cuda.empty_cache()
+
+
+print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | cuDNN {torch.backends.cudnn.version()} | dashattn {dashattn.__version__}")
+if "bwd" not in a.skip:
+    bench_backward()
+if "dec" not in a.skip:
+    bench_decode()
