@@ -1,14 +1,16 @@
 //! dashattn demo: forward, backward and decode on the best backend available (CUDA when a
-//! GPU and kernels are present, else CPU), each checked against the f64 CPU reference on
-//! the same bf16 inputs, with the achieved block sparsity.
+//! GPU is usable, else CPU), each checked against the f64 CPU reference on the same bf16
+//! inputs, with the achieved block sparsity.
 //!
 //!     cargo run --release --example demo [-- --len 2048 --heads 8 --kv-heads 2 --dim 64]
 
 use std::time::Instant;
 
 use dashattn::api;
+use dashattn::context::Backend;
 use dashattn::cpu::block_stats;
-use dashattn::ffi::types::{DASHATTN_BACKEND_AUTO, DASHATTN_BACKEND_CUDA};
+use dashattn::cuda::util::DeviceBuffer;
+use dashattn::ffi::types::DASHATTN_BACKEND_AUTO;
 use dashattn::params::{BackwardArgs, DecodeArgs, ForwardArgs, PoolPagedArgs};
 use dashattn::{Config, Context, DType, Options, Precision, Tensor, Workspace};
 use half::bf16;
@@ -32,13 +34,6 @@ fn arg(name: &str, default: usize) -> usize {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn t(v: &[bf16], shape: &[usize]) -> Tensor {
-    Tensor::contiguous(v.as_ptr() as *const u8, DType::BF16, shape)
-}
-fn tf(v: &[f32], shape: &[usize]) -> Tensor {
-    Tensor::contiguous(v.as_ptr() as *const u8, DType::F32, shape)
-}
-
 fn rel_l2(a: &[bf16], b: &[bf16]) -> f64 {
     let (mut n, mut d) = (0.0, 0.0);
     for (x, y) in a.iter().zip(b) {
@@ -48,10 +43,102 @@ fn rel_l2(a: &[bf16], b: &[bf16]) -> f64 {
     (n / d.max(1e-300)).sqrt()
 }
 
-struct Fwd {
-    o: Vec<bf16>,
-    lse: Vec<f32>,
-    tau: Vec<f32>,
+/// Where a context's tensors live: host memory (CPU backend) or device copies (CUDA).
+struct Mem<'a> {
+    ctx: &'a Context,
+}
+
+/// A host array and, on CUDA, its device copy.
+struct Arr<'a, T: Copy> {
+    host: Vec<T>,
+    dev: Option<DeviceBuffer<'a>>,
+}
+
+impl<'a> Mem<'a> {
+    fn put<T: Copy>(&self, host: Vec<T>) -> Arr<'a, T> {
+        let dev = match &self.ctx.backend {
+            Backend::Cpu => None,
+            Backend::Cuda(d) => Some(DeviceBuffer::from_slice(d, &host).expect("device copy")),
+        };
+        Arr { host, dev }
+    }
+    fn t<T: Copy>(&self, a: &Arr<T>, dt: DType, shape: &[usize]) -> Tensor {
+        let mut t = Tensor::contiguous(a.host.as_ptr() as *const u8, dt, shape);
+        if let Some(d) = &a.dev {
+            t.ptr = d.ptr as usize;
+        }
+        t
+    }
+    fn get<T: Copy>(&self, a: &mut Arr<T>) {
+        if let Some(d) = &a.dev {
+            d.download(&mut a.host).expect("download");
+        }
+    }
+}
+
+struct Inputs<'x> {
+    q: &'x [bf16],
+    k: &'x [bf16],
+    v: &'x [bf16],
+    w: &'x [bf16],
+    qs: [usize; 4],
+    ks: [usize; 4],
+    ss: [usize; 3],
+}
+
+struct Fwd<'a> {
+    o: Arr<'a, bf16>,
+    lse: Arr<'a, f32>,
+    tau: Arr<'a, f32>,
+}
+
+fn run_forward<'a>(inp: &Inputs, m: &Mem<'a>, c: &Context, cfg: &Config, sync: &dyn Fn()) -> (Fwd<'a>, f64) {
+    let (q, k, v, qs, ks, ss) = (inp.q, inp.k, inp.v, inp.qs, inp.ks, inp.ss);
+    let (n, hq, len) = (qs[0], qs[2], qs[1]);
+        let (qq, kk, vv) = (m.put(q.to_vec()), m.put(k.to_vec()), m.put(v.to_vec()));
+        let mut f = Fwd { o: m.put(vec![bf16::NAN; q.len()]), lse: m.put(vec![f32::NAN; n * hq * len]), tau: m.put(vec![f32::NAN; n * hq * len]) };
+        let a = ForwardArgs { q: m.t(&qq, DType::BF16, &qs), k: m.t(&kk, DType::BF16, &ks), v: m.t(&vv, DType::BF16, &ks), pooled_k: None, head_alpha: None, o: m.t(&f.o, DType::BF16, &qs), lse: Some(m.t(&f.lse, DType::F32, &ss)), tau: Some(m.t(&f.tau, DType::F32, &ss)) };
+        api::forward(c, cfg, &a, Workspace::none()).expect("forward"); // warm-up (kernel load)
+        let t0 = Instant::now();
+        api::forward(c, cfg, &a, Workspace::none()).expect("forward");
+        sync();
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        m.get(&mut f.o);
+        m.get(&mut f.lse);
+        m.get(&mut f.tau);
+        (f, ms)
+}
+
+fn run_backward(inp: &Inputs, m: &Mem<'_>, c: &Context, cfg: &Config, f: &Fwd, sync: &dyn Fn()) -> ([Vec<bf16>; 3], f64) {
+    let (q, k, v, w, qs, ks, ss) = (inp.q, inp.k, inp.v, inp.w, inp.qs, inp.ks, inp.ss);
+        let (qq, kk, vv, ww) = (m.put(q.to_vec()), m.put(k.to_vec()), m.put(v.to_vec()), m.put(w.to_vec()));
+        let (oo, ll, tt) = (m.put(f.o.host.clone()), m.put(f.lse.host.clone()), m.put(f.tau.host.clone()));
+        let mut g = [m.put(vec![bf16::NAN; q.len()]), m.put(vec![bf16::NAN; k.len()]), m.put(vec![bf16::NAN; v.len()])];
+        let a = BackwardArgs {
+            q: m.t(&qq, DType::BF16, &qs),
+            k: m.t(&kk, DType::BF16, &ks),
+            v: m.t(&vv, DType::BF16, &ks),
+            pooled_k: None,
+            head_alpha: None,
+            o: m.t(&oo, DType::BF16, &qs),
+            d_o: m.t(&ww, DType::BF16, &qs),
+            lse: m.t(&ll, DType::F32, &ss),
+            tau: m.t(&tt, DType::F32, &ss),
+            dq: m.t(&g[0], DType::BF16, &qs),
+            dk: m.t(&g[1], DType::BF16, &ks),
+            dv: m.t(&g[2], DType::BF16, &ks),
+            d_pooled_k: None,
+        };
+        api::backward(c, cfg, &a, Workspace::none()).expect("backward");
+        let t0 = Instant::now();
+        api::backward(c, cfg, &a, Workspace::none()).expect("backward");
+        sync();
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        for x in g.iter_mut() {
+            m.get(x);
+        }
+        let [a0, a1, a2] = g;
+        ([a0.host, a1.host, a2.host], ms)
 }
 
 fn main() {
@@ -59,8 +146,13 @@ fn main() {
     let n = 1;
     let ctx = Context::new(&Options { backend: DASHATTN_BACKEND_AUTO, ..Options::default() }).expect("context");
     let reference = Context::cpu();
-    let on_gpu = ctx.backend_id() == DASHATTN_BACKEND_CUDA;
-    println!("dashattn {} | backend: {} | N={n} L={len} Hq={hq} Hkv={hkv} D={d} B={bs} bf16, causal, alpha 1.5", env!("CARGO_PKG_VERSION"), if on_gpu { "CUDA" } else { "CPU (no usable GPU)" });
+    let backend = match &ctx.backend {
+        Backend::Cpu => "CPU (no usable GPU)".to_string(),
+        Backend::Cuda(dev) => format!("CUDA device {} ({} SMs, cc {}.{})", dev.ordinal, dev.props.sm_count, dev.props.cc_major, dev.props.cc_minor),
+    };
+    println!("dashattn {} | backend: {backend} | N={n} L={len} Hq={hq} Hkv={hkv} D={d} B={bs} bf16, causal, alpha 1.5", env!("CARGO_PKG_VERSION"));
+    let mem = Mem { ctx: &ctx };
+    let host = Mem { ctx: &reference };
 
     // Inputs: keys are per-block topic vectors plus noise, queries mix a few topics, so
     // attention is concentrated on few blocks (as in trained models).
@@ -76,26 +168,29 @@ fn main() {
             bf16::from_f32(0.6 * pick(0) + 0.4 * pick(1) + 0.5 * rng.normal())
         })
         .collect();
+    let w: Vec<bf16> = (0..q.len()).map(|_| bf16::from_f32(rng.normal())).collect();
     let (qs, ks, ss) = ([n, len, hq, d], [n, len, hkv, d], [n, hq, len]);
     let cfg = Config { block_size: bs, ..Config::default() };
     let ref_cfg = Config { precision: Precision::F64, ..cfg };
-
-    let run_fwd = |c: &Context, cfg: &Config| -> Fwd {
-        let f = Fwd { o: vec![bf16::NAN; q.len()], lse: vec![f32::NAN; n * hq * len], tau: vec![f32::NAN; n * hq * len] };
-        let a = ForwardArgs { q: t(&q, &qs), k: t(&k, &ks), v: t(&v, &ks), pooled_k: None, head_alpha: None, o: t(&f.o, &qs), lse: Some(tf(&f.lse, &ss)), tau: Some(tf(&f.tau, &ss)) };
-        api::forward(c, cfg, &a, Workspace::none()).expect("forward");
-        f
+    let sync = || {
+        if let Backend::Cuda(dev) = &ctx.backend {
+            // A tiny download orders the host clock after the device work.
+            let b = DeviceBuffer::new(dev, 4).expect("sync buffer");
+            let mut x = [0u8; 4];
+            b.download(&mut x).expect("sync");
+        }
     };
-    let t0 = Instant::now();
-    let f = run_fwd(&ctx, &cfg);
-    let t_fwd = t0.elapsed();
-    let fr = run_fwd(&reference, &ref_cfg);
-    let fa = ForwardArgs { q: t(&q, &qs), k: t(&k, &ks), v: t(&v, &ks), pooled_k: None, head_alpha: None, o: t(&fr.o, &qs), lse: None, tau: None };
-    let st = block_stats(&ref_cfg, &fa, &tf(&fr.tau, &ss)).expect("stats");
+
+    let inp = Inputs { q: &q, k: &k, v: &v, w: &w, qs, ks, ss };
+
+    let (f, t_fwd) = run_forward(&inp, &mem, &ctx, &cfg, &sync);
+    let (fr, _) = run_forward(&inp, &host, &reference, &ref_cfg, &sync);
+    let fa = ForwardArgs { q: Tensor::contiguous(q.as_ptr() as *const u8, DType::BF16, &qs), k: Tensor::contiguous(k.as_ptr() as *const u8, DType::BF16, &ks), v: Tensor::contiguous(v.as_ptr() as *const u8, DType::BF16, &ks), pooled_k: None, head_alpha: None, o: Tensor::contiguous(fr.o.host.as_ptr() as *const u8, DType::BF16, &qs), lse: None, tau: None };
+    let st = block_stats(&ref_cfg, &fa, &Tensor::contiguous(fr.tau.host.as_ptr() as *const u8, DType::F32, &ss)).expect("stats");
     println!(
-        "forward : {:8.2} ms | rel L2 error vs f64 reference: o {:.2e} | blocks attended {}/{} dense -> block sparsity {:.1}% (selected {} of {} candidate blocks)",
-        t_fwd.as_secs_f64() * 1e3,
-        rel_l2(&f.o, &fr.o),
+        "forward : {:8.3} ms | rel L2 error vs f64 reference: o {:.2e} | blocks attended {}/{} dense -> block sparsity {:.1}% (selected {} of {} candidate blocks)",
+        t_fwd,
+        rel_l2(&f.o.host, &fr.o.host),
         st.attended,
         st.dense,
         100.0 * st.sparsity(),
@@ -103,42 +198,14 @@ fn main() {
         st.candidates
     );
 
-    // Backward of loss = sum(o * w).
-    let w: Vec<bf16> = (0..q.len()).map(|_| bf16::from_f32(rng.normal())).collect();
-    let run_bwd = |c: &Context, cfg: &Config, f: &Fwd| -> [Vec<bf16>; 3] {
-        let g = [vec![bf16::NAN; q.len()], vec![bf16::NAN; k.len()], vec![bf16::NAN; v.len()]];
-        let a = BackwardArgs {
-            q: t(&q, &qs),
-            k: t(&k, &ks),
-            v: t(&v, &ks),
-            pooled_k: None,
-            head_alpha: None,
-            o: t(&f.o, &qs),
-            d_o: t(&w, &qs),
-            lse: tf(&f.lse, &ss),
-            tau: tf(&f.tau, &ss),
-            dq: t(&g[0], &qs),
-            dk: t(&g[1], &ks),
-            dv: t(&g[2], &ks),
-            d_pooled_k: None,
-        };
-        api::backward(c, cfg, &a, Workspace::none()).expect("backward");
-        g
-    };
-    let t0 = Instant::now();
-    let g = run_bwd(&ctx, &cfg, &f);
-    let t_bwd = t0.elapsed();
-    let gr = run_bwd(&reference, &ref_cfg, &fr);
-    println!(
-        "backward: {:8.2} ms | rel L2 error vs f64 reference: dq {:.2e} dk {:.2e} dv {:.2e}",
-        t_bwd.as_secs_f64() * 1e3,
-        rel_l2(&g[0], &gr[0]),
-        rel_l2(&g[1], &gr[1]),
-        rel_l2(&g[2], &gr[2])
-    );
+    // Backward of loss = sum(o * w), from each backend's own forward state.
 
-    // Decode: the keys in a paged cache (pages of 2 blocks, reversed order), pooled-key cache
-    // filled once, then one decode step for the last query token.
+    let (g, t_bwd) = run_backward(&inp, &mem, &ctx, &cfg, &f, &sync);
+    let (gr, _) = run_backward(&inp, &host, &reference, &ref_cfg, &fr, &sync);
+    println!("backward: {:8.3} ms | rel L2 error vs f64 reference: dq {:.2e} dk {:.2e} dv {:.2e}", t_bwd, rel_l2(&g[0], &gr[0]), rel_l2(&g[1], &gr[1]), rel_l2(&g[2], &gr[2]));
+
+    // Decode: the keys in a paged cache (pages of 2 blocks, reversed order), the pooled-key
+    // cache filled once, then one decode step for the last query token.
     let page = 2 * bs;
     let pages = len.div_ceil(page);
     let row = hkv * d;
@@ -149,31 +216,32 @@ fn main() {
         kc[dst..dst + row].copy_from_slice(&k[i * row..(i + 1) * row]);
         vc[dst..dst + row].copy_from_slice(&v[i * row..(i + 1) * row]);
     }
-    let pooled = vec![bf16::NAN; pages * 2 * row];
-    let (prev, lens) = (vec![0i32], vec![len as i32]);
-    let cs = [pages, page, hkv, d];
-    let ps = [pages, 2, hkv, d];
-    let pa = PoolPagedArgs { k_cache: t(&kc, &cs), pooled_cache: t(&pooled, &ps), block_table: Tensor::contiguous(table.as_ptr() as *const u8, DType::I32, &[1, pages]), prev_seq_lens: Tensor::contiguous(prev.as_ptr() as *const u8, DType::I32, &[1]), seq_lens: Tensor::contiguous(lens.as_ptr() as *const u8, DType::I32, &[1]) };
+    let (cs, ps) = ([pages, page, hkv, d], [pages, 2, hkv, d]);
+    let (kca, vca) = (mem.put(kc), mem.put(vc));
+    let mut pooled = mem.put(vec![bf16::NAN; pages * 2 * row]);
+    let (tab, prev, lens) = (mem.put(table), mem.put(vec![0i32]), mem.put(vec![len as i32]));
+    let pa = PoolPagedArgs { k_cache: mem.t(&kca, DType::BF16, &cs), pooled_cache: mem.t(&pooled, DType::BF16, &ps), block_table: mem.t(&tab, DType::I32, &[1, pages]), prev_seq_lens: mem.t(&prev, DType::I32, &[1]), seq_lens: mem.t(&lens, DType::I32, &[1]) };
     api::pool_keys_paged(&ctx, &cfg, &pa, Workspace::none()).expect("pool_keys_paged");
-    let q_last = &q[(len - 1) * hq * d..];
-    let o_dec = vec![bf16::NAN; hq * d];
+    let q_last = mem.put(q[(len - 1) * hq * d..].to_vec());
+    let mut o_dec = mem.put(vec![bf16::NAN; hq * d]);
     let da = DecodeArgs {
-        q: t(q_last, &[1, 1, hq, d]),
-        k_cache: t(&kc, &cs),
-        v_cache: t(&vc, &cs),
-        pooled_cache: t(&pooled, &ps),
+        q: mem.t(&q_last, DType::BF16, &[1, 1, hq, d]),
+        k_cache: pa.k_cache,
+        v_cache: mem.t(&vca, DType::BF16, &cs),
+        pooled_cache: pa.pooled_cache,
         block_table: pa.block_table,
         seq_lens: pa.seq_lens,
         head_alpha: None,
-        o: t(&o_dec, &[1, 1, hq, d]),
+        o: mem.t(&o_dec, DType::BF16, &[1, 1, hq, d]),
         lse: None,
     };
+    api::decode(&ctx, &cfg, &da, Workspace::none()).expect("decode");
     let t0 = Instant::now();
     api::decode(&ctx, &cfg, &da, Workspace::none()).expect("decode");
-    let t_dec = t0.elapsed();
-    println!(
-        "decode  : {:8.3} ms | rel L2 error vs last forward row (f64 reference): {:.2e}",
-        t_dec.as_secs_f64() * 1e3,
-        rel_l2(&o_dec, &fr.o[(len - 1) * hq * d..])
-    );
+    sync();
+    let t_dec = t0.elapsed().as_secs_f64() * 1e3;
+    mem.get(&mut o_dec);
+    mem.get(&mut pooled);
+    println!("decode  : {:8.3} ms | rel L2 error vs last forward row (f64 reference): {:.2e}", t_dec, rel_l2(&o_dec.host, &fr.o.host[(len - 1) * hq * d..]));
+    println!("(times are one warm call each, host clock; see docs/performance.md for benchmarks)");
 }

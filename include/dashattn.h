@@ -197,8 +197,8 @@ dashattn_status dashattn_context_options_default(struct dashattn_context_options
 
 // Creates a context. `options` may be NULL (defaults). On success `*out_ctx` receives a
 // new context owned by the caller; on error `*out_ctx` is left untouched.
-// Backend AUTO picks CUDA when a driver, a device and CUDA kernels are available, else
-// the CPU. Backend CUDA without a driver or device fails with DASHATTN_ERR_NO_DEVICE.
+// Backend AUTO picks CUDA when a driver and a device are present, else the CPU (query it
+// with dashattn_context_get_backend: the two backends take different memory). Backend CUDA without a driver or device fails with DASHATTN_ERR_NO_DEVICE.
 // With CUDA, the context binds the device's primary context (shared with the CUDA
 // runtime, PyTorch, CUDA.jl). Thread-safe.
 dashattn_status dashattn_context_create(const struct dashattn_context_options *options,
@@ -213,6 +213,12 @@ dashattn_status dashattn_context_destroy(struct dashattn_context *ctx);
 // is borrowed, never owned or synchronised by dashattn; NULL selects the legacy default
 // stream. Ignored by the CPU backend (accepted and stored).
 dashattn_status dashattn_context_set_stream(struct dashattn_context *ctx, void *stream);
+
+// Loads the CUDA kernels of the context's device now (from the embedded fatbin, or compiled
+// by NVRTC and cached on disk), so that no later call does first-use work: call it before
+// capturing dashattn calls into a CUDA graph. A no-op for the CPU backend. Not needed
+// otherwise (the first call loads them).
+dashattn_status dashattn_context_prepare(struct dashattn_context *ctx);
 
 // Writes the backend the context runs on (DASHATTN_BACKEND_CPU or _CUDA) to `*out_backend`.
 dashattn_status dashattn_context_get_backend(struct dashattn_context *ctx, int32_t *out_backend);
@@ -336,6 +342,9 @@ dashattn_status dashattn_pool_keys_paged_workspace_size(struct dashattn_context 
 // page_size. The pooled key of block j of sequence b lives at page
 // block_table[b][j*B / page_size], slot (j*B mod page_size) / B.
 // CPU backend: every block-table entry read is range-checked before anything is written.
+// Sequences may share pages (prefix sharing) in whole blocks only: the pooled key of a
+// block lives in the page of its first token, so two sequences whose blocks start on one
+// page must hold identical keys in all of that block's pages.
 dashattn_status dashattn_pool_keys_paged(struct dashattn_context *ctx,
                                          const struct dashattn_config *config,
                                          const struct dashattn_tensor *k_cache,

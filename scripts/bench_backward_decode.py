@@ -58,10 +58,16 @@ def topics(n, L, kscale):
     """k, v [n, L, Hkv, D] and a query generator mixing topics of earlier blocks."""
     nb = (L + B - 1) // B
     T = torch.randn(n, nb, HKV, D, device=dev)
-    blk = torch.arange(L, device=dev) // B
-    k = kscale * (T[:, blk] + 0.5 * torch.randn(n, L, HKV, D, device=dev))
-    v = torch.randn(n, L, HKV, D, device=dev)
-    return T, k.bfloat16(), v.bfloat16()
+    k = torch.empty(n, L, HKV, D, device=dev, dtype=torch.bfloat16)
+    v = torch.empty(n, L, HKV, D, device=dev, dtype=torch.bfloat16)
+    step = max(B, (1 << 24) // (HKV * D) // B * B)  # chunks of ~16M elements (no fp32 copy of it all)
+    for b in range(n):
+        for i0 in range(0, L, step):
+            i1 = min(L, i0 + step)
+            blk = torch.arange(i0, i1, device=dev) // B
+            k[b, i0:i1] = (kscale * (T[b, blk] + 0.5 * torch.randn(i1 - i0, HKV, D, device=dev))).bfloat16()
+            v[b, i0:i1] = torch.randn(i1 - i0, HKV, D, device=dev).bfloat16()
+    return T, k, v
 
 
 def queries(T, rows_pos, n):

@@ -54,7 +54,7 @@ impl Options {
 }
 
 /// Whether the CUDA backend has kernels in this build (auto picks it only then).
-pub const CUDA_KERNELS_SHIPPED: bool = false;
+pub const CUDA_KERNELS_SHIPPED: bool = true;
 
 /// A dashattn context.
 #[derive(Debug)]
@@ -91,6 +91,14 @@ impl Context {
         match self.backend {
             Backend::Cpu => DASHATTN_BACKEND_CPU,
             Backend::Cuda(_) => DASHATTN_BACKEND_CUDA,
+        }
+    }
+
+    /// Loads (or NVRTC-compiles) the CUDA kernels now; nothing to do on the CPU.
+    pub fn prepare(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Cpu => Ok(()),
+            Backend::Cuda(dev) => dev.prepare(),
         }
     }
 

@@ -257,7 +257,7 @@ fn layout(rng: &mut Rng, shape: &[usize], is_out: bool) -> [i64; 6] {
     for &i in order.iter().rev() {
         st[i] = acc;
         let pad = if mode == 6 || mode == 7 || (mode == 9 && is_out) { rng.range(0, 3) } else { 0 };
-        acc = acc * shape[i].max(1) as i64 + pad;
+        acc = acc.wrapping_mul(shape[i].max(1) as i64).wrapping_add(pad);
     }
     if mode == 9 && !is_out && r > 1 {
         st[rng.below(r as u64 - 1) as usize] = 0;
@@ -736,7 +736,7 @@ fn mutate(rng: &mut Rng, p: &mut Problem) -> bool {
                     if let Fill::I32(shape, vals) = &mut s.fill {
                         if !vals.is_empty() && rng.chance(0.5) {
                             let k = rng.below(vals.len() as u64) as usize;
-                            vals[k] = if shape.len() == 2 { rng.pick(&[-1, i32::MAX, i32::MIN, 1 << 20, vals[k] + 1000]) } else { rng.pick(&[-1, 0, i32::MAX, i32::MIN, vals[k] + 1, vals[k] - 1]) };
+                            vals[k] = if shape.len() == 2 { rng.pick(&[-1, i32::MAX, i32::MIN, 1 << 20, vals[k].wrapping_add(1000)]) } else { rng.pick(&[-1, 0, i32::MAX, i32::MIN, vals[k].wrapping_add(1), vals[k].wrapping_sub(1)]) };
                         }
                     }
                 }

@@ -71,10 +71,13 @@ fn make_cache(rng: &mut Rng, n: usize, hkv: usize, d: usize, ps: usize, lens: &[
         *x += topics[(tok / bs.min(ps)) * row + i % row];
     }
     let table: Vec<i32> = (0..n * max_pages).map(|i| order[i] as i32).collect();
-    // Sequence 1 shares sequence 0's first page (a shared prefix).
+    // Sequence 1 shares sequence 0's first block of pages (a shared prefix). Sharing is per
+    // whole block: a pooled-key slot belongs to the page holding its block's first token.
     let mut table = table;
     if n > 1 {
-        table[max_pages] = table[0];
+        for i in 0..(bs / ps).max(1) {
+            table[max_pages + i] = table[i];
+        }
     }
     Cache { ps, pages, max_pages, k: bits(&k), v: bits(&rng.normals(pages * ps * row, 1.0)), table, lens: lens.iter().map(|&l| l as i32).collect() }
 }

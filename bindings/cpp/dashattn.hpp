@@ -392,6 +392,8 @@ class Context {
     check(dashattn_context_get_backend(ctx_, &b));
     return static_cast<Backend>(b);
   }
+  // Loads the CUDA kernels now (before CUDA-graph capture); a no-op on the CPU backend.
+  void prepare() { check(dashattn_context_prepare(ctx_)); }
   // Borrowed CUstream / cudaStream_t (nullptr = legacy default stream).
   void set_stream(void* stream) { check(dashattn_context_set_stream(ctx_, stream)); }
 

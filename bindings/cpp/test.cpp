@@ -124,6 +124,7 @@ static void test_version() {
 static void test_context_ownership() {
   da::Context a = da::Context::cpu(2);
   CHECK(a.backend() == da::Backend::Cpu, "backend");
+  a.prepare();  // a no-op on the CPU backend
   a.set_stream(nullptr);  // accepted and ignored by the CPU backend
   dashattn_context* raw = a.get();
   da::Context b(std::move(a));

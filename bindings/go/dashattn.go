@@ -77,6 +77,10 @@ static dashattn_status da_get_backend(dashattn_context* ctx, int32_t* out, char*
 	return da_done(dashattn_context_get_backend(ctx, out), msg);
 }
 
+static dashattn_status da_prepare(dashattn_context* ctx, char** msg) {
+	return da_done(dashattn_context_prepare(ctx), msg);
+}
+
 static dashattn_status da_cuda_available(int32_t* out, char** msg) {
 	return da_done(dashattn_cuda_available(out), msg);
 }
@@ -602,6 +606,15 @@ func (c *Context) Backend() (Backend, error) {
 	err := result(C.da_get_backend(c.raw(), &b, &msg), msg)
 	runtime.KeepAlive(c)
 	return Backend(b), err
+}
+
+// Prepare loads the CUDA kernels now (call it before capturing a CUDA graph); a no-op on
+// the CPU backend.
+func (c *Context) Prepare() error {
+	var msg *C.char
+	err := result(C.da_prepare(c.raw(), &msg), msg)
+	runtime.KeepAlive(c)
+	return err
 }
 
 // SetStream sets the CUDA stream (CUstream / cudaStream_t as uintptr; 0 = legacy default)

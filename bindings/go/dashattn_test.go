@@ -133,6 +133,9 @@ func TestContextLifetime(t *testing.T) {
 	if err := ctx.SetStream(0); err != nil {
 		t.Errorf("SetStream on CPU: %v", err)
 	}
+	if err := ctx.Prepare(); err != nil {
+		t.Errorf("Prepare on CPU: %v", err)
+	}
 	if err := ctx.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}

@@ -138,6 +138,10 @@ dashattn_context_get_backend(ctx, out_backend) =
     ccall((:dashattn_context_get_backend, libdashattn), dashattn_status,
           (Ptr{dashattn_context}, Ptr{Int32}), ctx, out_backend)
 
+dashattn_context_prepare(ctx) =
+    ccall((:dashattn_context_prepare, libdashattn), dashattn_status,
+          (Ptr{dashattn_context},), ctx)
+
 dashattn_cuda_available(out_available) =
     ccall((:dashattn_cuda_available, libdashattn), dashattn_status,
           (Ptr{Int32},), out_available)
@@ -393,6 +397,9 @@ function Base.close(c::Context)
     end
     return nothing
 end
+
+"Loads the CUDA kernels now (call before capturing a CUDA graph); no-op on the CPU."
+prepare(c::Context) = (check(dashattn_context_prepare(c)); nothing)
 
 function backend(c::Context)
     r = Ref{Int32}(0)

@@ -37,8 +37,8 @@ pub unsafe extern "C" fn dashattn_context_options_default(options: *mut dashattn
 
 /// Creates a context. `options` may be NULL (defaults). On success `*out_ctx` receives a
 /// new context owned by the caller; on error `*out_ctx` is left untouched.
-/// Backend AUTO picks CUDA when a driver, a device and CUDA kernels are available, else
-/// the CPU. Backend CUDA without a driver or device fails with DASHATTN_ERR_NO_DEVICE.
+/// Backend AUTO picks CUDA when a driver and a device are present, else the CPU (query it
+/// with dashattn_context_get_backend: the two backends take different memory). Backend CUDA without a driver or device fails with DASHATTN_ERR_NO_DEVICE.
 /// With CUDA, the context binds the device's primary context (shared with the CUDA
 /// runtime, PyTorch, CUDA.jl). Thread-safe.
 #[no_mangle]
@@ -78,6 +78,15 @@ pub unsafe extern "C" fn dashattn_context_set_stream(ctx: *mut dashattn_context,
         context(ctx)?.stream = stream as usize;
         Ok(())
     })
+}
+
+/// Loads the CUDA kernels of the context's device now (from the embedded fatbin, or compiled
+/// by NVRTC and cached on disk), so that no later call does first-use work: call it before
+/// capturing dashattn calls into a CUDA graph. A no-op for the CPU backend. Not needed
+/// otherwise (the first call loads them).
+#[no_mangle]
+pub unsafe extern "C" fn dashattn_context_prepare(ctx: *mut dashattn_context) -> dashattn_status {
+    guard(|| context(ctx)?.prepare())
 }
 
 /// Writes the backend the context runs on (DASHATTN_BACKEND_CPU or _CUDA) to `*out_backend`.

@@ -208,6 +208,9 @@ pub unsafe extern "C" fn dashattn_pool_keys_paged_workspace_size(
 /// page_size. The pooled key of block j of sequence b lives at page
 /// block_table[b][j*B / page_size], slot (j*B mod page_size) / B.
 /// CPU backend: every block-table entry read is range-checked before anything is written.
+/// Sequences may share pages (prefix sharing) in whole blocks only: the pooled key of a
+/// block lives in the page of its first token, so two sequences whose blocks start on one
+/// page must hold identical keys in all of that block's pages.
 #[no_mangle]
 pub unsafe extern "C" fn dashattn_pool_keys_paged(
     ctx: *mut dashattn_context,

@@ -226,6 +226,11 @@ class Context:
         with self._lock:
             check(library().dashattn_context_set_stream(self.handle, ctypes.c_void_p(stream or None)))
 
+    def prepare(self):
+        """Loads the CUDA kernels now (before capturing calls into a CUDA graph); no-op on CPU."""
+        with self._lock:
+            check(library().dashattn_context_prepare(self.handle))
+
     def close(self):
         """Destroys the context (idempotent)."""
         ptr, self._ptr = getattr(self, "_ptr", None), None

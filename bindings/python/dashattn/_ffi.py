@@ -113,6 +113,7 @@ PROTOTYPES = {
     "dashattn_context_destroy": (dashattn_status, [ctx_p]),
     "dashattn_context_set_stream": (dashattn_status, [ctx_p, c_void_p]),
     "dashattn_context_get_backend": (dashattn_status, [ctx_p, POINTER(c_int32)]),
+    "dashattn_context_prepare": (dashattn_status, [ctx_p]),
     "dashattn_cuda_available": (dashattn_status, [POINTER(c_int32)]),
     "dashattn_status_string": (c_char_p, [dashattn_status]),
     "dashattn_last_error_message": (c_size_t, [POINTER(c_char), c_size_t]),

@@ -553,6 +553,7 @@ def test_merge_states():
 def test_context_lifecycle():
     with dashattn.Context("cpu", num_threads=1) as ctx:
         assert ctx.backend == "cpu" and not ctx.closed
+        ctx.prepare()  # no-op on the CPU backend
         ctx.set_stream(None)
         q, k, v = problem(70, 1, 8, 8, 2, 1, 8, 16)
         o, _, _ = dashattn.forward(q, k, v, block_size=16, context=ctx)
