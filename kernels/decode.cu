@@ -249,11 +249,14 @@ __device__ __forceinline__ void dec_coarse(const DecParams &p) {
 }
 
 // ---------------------------------------------------------------- split-KV attention
-// grid (splits, N*units, q_len), block 128. Dynamic smem (floats):
-//   q[hpu*D], acc[hpu*D], sc[hpu*bs], m[hpu], l[hpu]
+// grid (splits, N*units, q_len), block 128. Dynamic smem: koff[bs], voff[bs] (i64: element
+// offsets of the block's key/value rows, -1 for keys not attended or on a bad page), then
+// floats q[hpu*D], acc[hpu*D], sc[hpu*bs], m[hpu], l[hpu]. The offsets are resolved once per
+// block so that the score and P*V loops issue independent loads (no page-table lookup
+// in front of every K/V load).
 template <typename T>
 __device__ __forceinline__ void dec_attend(const DecParams &p) {
-    extern __shared__ float sm[];
+    extern __shared__ i64 smi[];
     __shared__ float red[32];
     const int s = blockIdx.x, r = blockIdx.z;
     const int units = p.per_head ? p.hq : p.hkv;
@@ -262,7 +265,8 @@ __device__ __forceinline__ void dec_attend(const DecParams &p) {
     const int h0 = p.per_head ? u : u * p.group;
     const int hk = h0 / p.group, D = p.d, bs = p.bs;
     const i64 ru = ((i64)b * units + u) * p.q_len + r;
-    float *q = sm, *acc = q + hpu * D, *sc = acc + hpu * D, *mrun = sc + hpu * bs, *lrun = mrun + hpu;
+    i64 *koff = smi, *voff = smi + bs;
+    float *q = (float *)(smi + 2 * bs), *acc = q + hpu * D, *sc = acc + hpu * D, *mrun = sc + hpu * bs, *lrun = mrun + hpu;
     for (int e = threadIdx.x; e < hpu * D; e += blockDim.x) {
         int g = e / D, x = e % D;
         q[e] = to_f(((const T *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x]);
@@ -293,18 +297,30 @@ __device__ __forceinline__ void dec_attend(const DecParams &p) {
         }
         const i64 i0 = (i64)j * bs;
         const int cnt = (int)min((i64)bs, min((i64)len, t + 1) - i0);
+        for (int ii = threadIdx.x; ii < bs; ii += blockDim.x) {
+            i64 ko = -1, vo = -1;
+            if (ii < cnt) {
+                int pg = page_of(p, b, i0 + ii);
+                if (pg >= 0) {
+                    i64 slot = (i0 + ii) % p.ps;
+                    ko = pg * p.sk.page + slot * p.sk.slot + hk * p.sk.head;
+                    vo = pg * p.sv.page + slot * p.sv.slot + hk * p.sv.head;
+                }
+            }
+            koff[ii] = ko;
+            voff[ii] = vo;
+        }
+        __syncthreads();
         // Scores: thread per (head, key).
         for (int e = threadIdx.x; e < hpu * bs; e += blockDim.x) {
             int g = e / bs, ii = e % bs;
             float v = -DA_INF;
-            if (ii < cnt) {
-                int pg = page_of(p, b, i0 + ii);
-                if (pg >= 0) {
-                    const T *kr = (const T *)p.kc + pg * p.sk.page + ((i0 + ii) % p.ps) * p.sk.slot + hk * p.sk.head;
-                    float dot = 0.f;
-                    for (int x = 0; x < D; ++x) dot += q[g * D + x] * to_f(kr[x]);
-                    v = p.sigma * dot + beta;
-                }
+            if (koff[ii] >= 0) {
+                const T *kr = (const T *)p.kc + koff[ii];
+                float dot = 0.f;
+#pragma unroll 8
+                for (int x = 0; x < D; ++x) dot += q[g * D + x] * to_f(kr[x]);
+                v = p.sigma * dot + beta;
             }
             sc[e] = v;
         }
@@ -338,12 +354,11 @@ __device__ __forceinline__ void dec_attend(const DecParams &p) {
         for (int e = threadIdx.x; e < hpu * D; e += blockDim.x) {
             int g = e / D, x = e % D;
             float a = 0.f;
+#pragma unroll 8
             for (int ii = 0; ii < cnt; ++ii) {
                 float pv = sc[g * bs + ii];
-                if (pv != 0.f) {
-                    int pg = page_of(p, b, i0 + ii);
-                    if (pg >= 0) a += pv * to_f(((const T *)p.vc)[pg * p.sv.page + ((i0 + ii) % p.ps) * p.sv.slot + hk * p.sv.head + x]);
-                }
+                i64 vo = voff[ii];
+                if (pv != 0.f && vo >= 0) a += pv * to_f(((const T *)p.vc)[vo + x]);
             }
             acc[e] += a;
         }

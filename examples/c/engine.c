@@ -12,15 +12,27 @@
  * K/V, dashattn_pool_keys_paged with prev = len - 1, dashattn_decode for all sequences (of
  * different lengths) at once.
  *
+ * CPU or GPU: when the context comes up on the CUDA backend, the library takes device
+ * pointers. The program then loads the CUDA driver API at run time (dlopen of libcuda.so.1:
+ * no link-time CUDA dependency, no CUDA headers), keeps its host caches as the place where
+ * the "model" writes K/V rows, and mirrors them in device memory: after each append only the
+ * new rows, q and the changed lengths are copied to the device, pooling and decode run on
+ * device pointers, and o comes back. The CUDA kernels take f16/bf16 only, so the GPU path
+ * always uses the f16 storage of --f16. Without CUDA (or without libcuda.so.1) everything
+ * stays in host memory on the CPU backend.
+ *
  * It prints tokens/s, and the fraction of candidate blocks the entmax stage selected. That
- * fraction is derived outside the timed region, in C, from the pooled-key cache: the coarse
- * score z_j = sigma_c * mean_g <q_g, kbar_j> and the alpha-entmax threshold tau (solved here
+ * fraction is derived outside the timed region, in C, from the pooled-key cache (on the GPU
+ * path, the newly pooled keys are copied back for it, untimed): the coarse score
+ * z_j = sigma_c * mean_g <q_g, kbar_j> and the alpha-entmax threshold tau (solved here
  * by bisection) give Sel = { j : (alpha - 1) z_j > tau }. On the checked steps the
  * library's own tau (from a dashattn_forward with the tau output) is used as well and the
  * two selections are compared.
  *
  * Check: on the checked steps, every sequence's decode output is compared with
- * dashattn_forward on the same keys laid out contiguously (gathered back from the pages).
+ * dashattn_forward on the same keys laid out contiguously (gathered back from the host pages).
+ * The forward always runs on the CPU backend (a second context on the GPU path); with f16 it
+ * gets pooled_k = the cache's pooled keys (on the GPU path copied back from the device).
  * The program exits with status 1 when the max abs difference exceeds 1e-4 (f32) or
  * 2e-3 (f16), or when anything is NaN.
  *
@@ -29,6 +41,7 @@
  */
 #define _POSIX_C_SOURCE 200112L
 
+#include <dlfcn.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -71,9 +84,9 @@ static void usage(const char *argv0) {
            "  --steps N       decode steps (default 256)\n"
            "  --alpha X       entmax alpha in [1, 2] (default 1.5)\n"
            "  --n-local N     local blocks (default 1)\n"
-           "  --f16           keep Q/K/V and the caches in f16 (default f32)\n"
+           "  --f16           keep Q/K/V and the caches in f16 (default f32; always on with CUDA)\n"
            "  --threads N     CPU worker threads, 0 = all cores (default 0)\n"
-           "  --backend B     auto | cpu | cuda (default auto)\n"
+           "  --backend B     auto | cpu | cuda (default auto: CUDA when a driver and device exist)\n"
            "  --check-every N also verify every N-th decode step (default 0: last step only)\n"
            "  --seed N        RNG seed (default 1)\n",
            argv0);
@@ -136,7 +149,8 @@ static int parse_opts(int argc, char **argv, opts_t *o) {
         return 0;
     }
     /* Block size, page compatibility, alpha and D limits are left to the library to
-     * validate: its error message is printed if they are wrong. */
+     * validate (its error message is printed if they are wrong), except for the CUDA
+     * kernels' D and B, checked once the backend is known (cuda_supports). */
     return 1;
 }
 
@@ -299,11 +313,164 @@ static double entmax_tau(const double *z, int n, double alpha) {
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* CUDA driver API, loaded at run time                                                  */
+/*
+ * With the CUDA backend, tensor data handed to the library must be device memory. The
+ * program allocates and copies it through the CUDA driver API, loaded with dlopen so that it
+ * neither links against CUDA nor needs its headers: the few types and entry points used are
+ * declared here as cuda.h declares them (64-bit platforms). The library binds the device's
+ * primary context for its own calls; the program makes the same context current for its
+ * allocations and copies.                                                               */
+
+typedef int CUresult; /* CUDA_SUCCESS = 0 */
+typedef int CUdevice;
+typedef struct CUctx_st *CUcontext;
+typedef unsigned long long CUdeviceptr;
+
+static struct {
+    void *lib;
+    CUdevice dev;
+    CUcontext ctx;
+    CUresult (*Init)(unsigned int flags);
+    CUresult (*DeviceGet)(CUdevice *dev, int ordinal);
+    CUresult (*DevicePrimaryCtxRetain)(CUcontext *ctx, CUdevice dev);
+    CUresult (*DevicePrimaryCtxRelease)(CUdevice dev);
+    CUresult (*CtxPushCurrent)(CUcontext ctx);
+    CUresult (*CtxPopCurrent)(CUcontext *ctx);
+    CUresult (*CtxSynchronize)(void);
+    CUresult (*MemAlloc)(CUdeviceptr *dptr, size_t bytes);
+    CUresult (*MemFree)(CUdeviceptr dptr);
+    CUresult (*MemcpyHtoD)(CUdeviceptr dst, const void *src, size_t bytes);
+    CUresult (*MemcpyDtoH)(void *dst, CUdeviceptr src, size_t bytes);
+    CUresult (*GetErrorName)(CUresult r, const char **name); /* optional: messages only */
+} cu;
+
+/* 1 when the tensors handed to the library (e->ctx) live in device memory. */
+static int g_gpu;
+
+static const char *cu_error_name(CUresult r) {
+    const char *name = NULL;
+    if (!cu.GetErrorName || cu.GetErrorName(r, &name) != 0 || !name) return "unknown CUDA error";
+    return name;
+}
+
+static void cu_check(CUresult r, const char *what) {
+    if (r == 0) return;
+    fprintf(stderr, "%s failed: %s (%d)\n", what, cu_error_name(r), (int)r);
+    exit(1);
+}
+
+/* Resolves one driver entry point into a function pointer (memcpy: ISO C has no cast from
+ * void * to a function pointer). */
+static int cu_sym(void *fn, size_t fn_size, const char *name) {
+    void *p = dlsym(cu.lib, name);
+    if (!p || fn_size != sizeof p) return 0;
+    memcpy(fn, &p, sizeof p);
+    return 1;
+}
+
+/* Loads libcuda.so.1 and makes device `ordinal`'s primary context current on this thread.
+ * Returns 1, or 0 with the reason in `why` (and nothing left loaded). */
+static int cuda_open(int ordinal, char *why, size_t why_size) {
+#define CU_SYM(field, name)                                                             \
+    if (!cu_sym(&cu.field, sizeof cu.field, name)) {                                    \
+        snprintf(why, why_size, "libcuda.so.1 has no %s", name);                        \
+        goto fail;                                                                      \
+    }
+#define CU_TRY(call, name)                                                              \
+    if ((r = (call)) != 0) {                                                            \
+        snprintf(why, why_size, "%s failed: %s (%d)", name, cu_error_name(r), (int)r);  \
+        goto fail;                                                                      \
+    }
+    CUresult r;
+    int retained = 0;
+    memset(&cu, 0, sizeof cu);
+    cu.lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!cu.lib) {
+        const char *err = dlerror();
+        snprintf(why, why_size, "cannot load libcuda.so.1 (%s)", err ? err : "dlopen failed");
+        return 0;
+    }
+    cu_sym(&cu.GetErrorName, sizeof cu.GetErrorName, "cuGetErrorName");
+    CU_SYM(Init, "cuInit");
+    CU_SYM(DeviceGet, "cuDeviceGet");
+    CU_SYM(DevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain");
+    CU_SYM(DevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2");
+    CU_SYM(CtxPushCurrent, "cuCtxPushCurrent_v2");
+    CU_SYM(CtxPopCurrent, "cuCtxPopCurrent_v2");
+    CU_SYM(CtxSynchronize, "cuCtxSynchronize");
+    CU_SYM(MemAlloc, "cuMemAlloc_v2");
+    CU_SYM(MemFree, "cuMemFree_v2");
+    CU_SYM(MemcpyHtoD, "cuMemcpyHtoD_v2");
+    CU_SYM(MemcpyDtoH, "cuMemcpyDtoH_v2");
+    CU_TRY(cu.Init(0), "cuInit");
+    CU_TRY(cu.DeviceGet(&cu.dev, ordinal), "cuDeviceGet");
+    CU_TRY(cu.DevicePrimaryCtxRetain(&cu.ctx, cu.dev), "cuDevicePrimaryCtxRetain");
+    retained = 1;
+    CU_TRY(cu.CtxPushCurrent(cu.ctx), "cuCtxPushCurrent");
+    return 1;
+fail:
+    if (retained) cu.DevicePrimaryCtxRelease(cu.dev);
+    dlclose(cu.lib);
+    memset(&cu, 0, sizeof cu);
+    return 0;
+#undef CU_SYM
+#undef CU_TRY
+}
+
+static void cuda_close(void) {
+    CUcontext old;
+    if (!cu.lib) return;
+    cu_check(cu.CtxPopCurrent(&old), "cuCtxPopCurrent");
+    cu_check(cu.DevicePrimaryCtxRelease(cu.dev), "cuDevicePrimaryCtxRelease");
+    dlclose(cu.lib);
+    memset(&cu, 0, sizeof cu);
+}
+
+/* Device mirrors of host buffers. On the CPU path (g_gpu = 0) there is no device memory:
+ * dev_alloc returns 0 and the copies do nothing, so the same code serves both paths. */
+static CUdeviceptr dev_alloc(size_t bytes) {
+    CUdeviceptr p = 0;
+    if (g_gpu) cu_check(cu.MemAlloc(&p, bytes ? bytes : 1), "cuMemAlloc");
+    return p;
+}
+static void dev_free(CUdeviceptr p) {
+    if (g_gpu && p) cu_check(cu.MemFree(p), "cuMemFree");
+}
+/* Bytes [off, off + n) of a host buffer to the same range of its device copy. */
+static void push(CUdeviceptr dev, const void *host, size_t off, size_t n) {
+    if (g_gpu && n) cu_check(cu.MemcpyHtoD(dev + off, (const char *)host + off, n), "cuMemcpyHtoD");
+}
+/* Bytes [off, off + n) of a device buffer back to the same range of its host copy. */
+static void pull(void *host, CUdeviceptr dev, size_t off, size_t n) {
+    if (g_gpu && n) cu_check(cu.MemcpyDtoH((char *)host + off, dev + off, n), "cuMemcpyDtoH");
+}
+/* Waits for the library's launches (they are asynchronous on CUDA), so that timings are real. */
+static void dev_sync(void) {
+    if (g_gpu) cu_check(cu.CtxSynchronize(), "cuCtxSynchronize");
+}
+/* The pointer to hand the library: the device copy on the GPU path, else the host buffer. */
+static void *lib_ptr(void *host, CUdeviceptr dev) { return g_gpu ? (void *)(uintptr_t)dev : host; }
+
+/* The CUDA kernels' limits (the forward's are the tightest): f16/bf16 only (the caller
+ * switches to f16), D 64 or 128, B 32, 64 or 128, GQA groups of at most 16 heads. */
+static int cuda_supports(const opts_t *o) {
+    int g = o->hq / o->hkv;
+    if ((o->d == 64 || o->d == 128) && (o->block == 32 || o->block == 64 || o->block == 128) && g <= 16)
+        return 1;
+    fprintf(stderr, "the CUDA backend supports head dimension 64 or 128, block size 32, 64 or 128 "
+                    "and Hq/Hkv <= 16; got --d %d --block %d (Hq/Hkv = %d). Use those sizes, or "
+                    "--backend cpu\n", o->d, o->block, g);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* The engine                                                                           */
 
 typedef struct {
     opts_t o;
-    dashattn_context *ctx;
+    dashattn_context *ctx;     /* runs prefill, pooling and decode (CPU or CUDA) */
+    dashattn_context *ref_ctx; /* CPU context of the reference forward (ctx itself on the CPU) */
     dashattn_config cfg;
     int num_pages, max_pages, slots;
     size_t row;          /* Hkv * D elements: one token of K or V */
@@ -311,6 +478,8 @@ typedef struct {
     int32_t *table;      /* [N, max_pages] */
     int32_t *lens;       /* [N] current lengths */
     int32_t *prev;       /* [N] lengths before the last append */
+    /* Device copies of the above on the GPU path (0 on the CPU path). */
+    CUdeviceptr d_k, d_v, d_pooled, d_table, d_lens, d_prev;
     int *max_len;        /* [N] prompt + steps */
     float *topics;       /* [N, max_blocks, Hkv, D] */
     int max_blocks;
@@ -372,19 +541,57 @@ static void append_token(engine_t *e, int b, int pos, const float *k, const floa
     }
 }
 
-static dashattn_tensor cache_t(engine_t *e, void *data) {
-    return tensor4(data, storage_dtype(), e->num_pages, e->o.page, e->o.hkv, e->o.d);
+static size_t cache_bytes(const engine_t *e) { return (size_t)e->num_pages * e->o.page * e->row * esize(); }
+static size_t pooled_bytes(const engine_t *e) { return (size_t)e->num_pages * e->slots * e->row * esize(); }
+static size_t lens_bytes(const engine_t *e) { return (size_t)e->o.n_seq * sizeof(int32_t); }
+
+/* Descriptors of the caches, block table and lengths as the library (e->ctx) sees them:
+ * device memory on the GPU path, host memory on the CPU path. */
+static dashattn_tensor kcache_t(engine_t *e) {
+    return tensor4(lib_ptr(e->k_cache, e->d_k), storage_dtype(), e->num_pages, e->o.page, e->o.hkv, e->o.d);
+}
+static dashattn_tensor vcache_t(engine_t *e) {
+    return tensor4(lib_ptr(e->v_cache, e->d_v), storage_dtype(), e->num_pages, e->o.page, e->o.hkv, e->o.d);
 }
 static dashattn_tensor pooled_t(engine_t *e) {
-    return tensor4(e->pooled, storage_dtype(), e->num_pages, e->slots, e->o.hkv, e->o.d);
+    return tensor4(lib_ptr(e->pooled, e->d_pooled), storage_dtype(), e->num_pages, e->slots, e->o.hkv,
+                   e->o.d);
+}
+static dashattn_tensor table_t(engine_t *e) {
+    return tensor2(lib_ptr(e->table, e->d_table), DASHATTN_DTYPE_I32, e->o.n_seq, e->max_pages);
+}
+static dashattn_tensor lens_t(engine_t *e) {
+    return tensor1(lib_ptr(e->lens, e->d_lens), DASHATTN_DTYPE_I32, e->o.n_seq);
+}
+static dashattn_tensor prev_t(engine_t *e) {
+    return tensor1(lib_ptr(e->prev, e->d_prev), DASHATTN_DTYPE_I32, e->o.n_seq);
 }
 
 static void pool(engine_t *e) {
-    dashattn_tensor kc = cache_t(e, e->k_cache), pc = pooled_t(e);
-    dashattn_tensor bt = tensor2(e->table, DASHATTN_DTYPE_I32, e->o.n_seq, e->max_pages);
-    dashattn_tensor pl = tensor1(e->prev, DASHATTN_DTYPE_I32, e->o.n_seq);
-    dashattn_tensor sl = tensor1(e->lens, DASHATTN_DTYPE_I32, e->o.n_seq);
+    dashattn_tensor kc = kcache_t(e), pc = pooled_t(e), bt = table_t(e), pl = prev_t(e), sl = lens_t(e);
     check(dashattn_pool_keys_paged(e->ctx, &e->cfg, &kc, &pc, &bt, &pl, &sl, NULL, 0), "dashattn_pool_keys_paged");
+}
+
+/* GPU path: copies the token each sequence appended last (K and V rows at position
+ * prev[b]) and the new lengths to the device. */
+static void push_appended(engine_t *e) {
+    int b;
+    for (b = 0; b < e->o.n_seq; b++) {
+        size_t off = cache_index(e, b, e->prev[b], 0) * esize(); /* the Hkv * D row is contiguous */
+        push(e->d_k, e->k_cache, off, e->row * esize());
+        push(e->d_v, e->v_cache, off, e->row * esize());
+    }
+    push(e->d_prev, e->prev, 0, lens_bytes(e));
+    push(e->d_lens, e->lens, 0, lens_bytes(e));
+}
+
+/* GPU path: copies the pooled keys of the blocks completed between prev and lens back into
+ * the host pooled cache (read by the C-side selection statistics). */
+static void pull_new_pooled(engine_t *e) {
+    int b, j;
+    for (b = 0; b < e->o.n_seq; b++)
+        for (j = e->prev[b] / e->o.block; j < e->lens[b] / e->o.block; j++)
+            pull(e->pooled, e->d_pooled, pooled_index(e, b, j, 0) * esize(), e->row * esize());
 }
 
 /* Coarse scores of sequence b, KV group h, at query q (the group's G rows, storage
@@ -425,13 +632,15 @@ static void gather(engine_t *e, int b, int len, void *k, void *v) {
         }
 }
 
-/* Verifies one decode step: o/lse of the decode against dashattn_forward on the contiguous
- * keys; also compares the selection derived from the library's tau with the C solver's. */
+/* Verifies one decode step: o/lse of the decode (host copies) against dashattn_forward on
+ * the CPU backend (e->ref_ctx) over the contiguous keys; also compares the selection derived
+ * from the library's tau with the C solver's. */
 static int verify(engine_t *e, const void *q, const void *o, const float *lse, double *max_diff, int step) {
     int b, h, g = e->o.hq / e->o.hkv, d = e->o.d, hq = e->o.hq, fail = 0;
     size_t x;
     double md = 0.0, mlse = 0.0;
     long sel_lib = 0, sel_c = 0;
+    pull(e->pooled, e->d_pooled, 0, pooled_bytes(e)); /* GPU path: the device's pooled keys */
     for (b = 0; b < e->o.n_seq; b++) {
         int len = e->lens[b], nb = (len + e->o.block - 1) / e->o.block;
         void *kc = xmalloc((size_t)len * e->row * esize()), *vc = xmalloc((size_t)len * e->row * esize());
@@ -449,9 +658,10 @@ static int verify(engine_t *e, const void *q, const void *o, const float *lse, d
         dashattn_tensor tt = tensor3(tref, DASHATTN_DTYPE_F32, 1, hq, 1);
         gather(e, b, len, kc, vc);
         if (g_f16) {
-            /* f16: give the forward the pooled keys of the cache (already rounded to f16), so
-             * both sides see identical coarse inputs. Only complete blocks are ever scored in
-             * causal mode; the trailing partial block's entry is unused. */
+            /* f16: give the forward the pooled keys of the cache (already rounded to f16; on
+             * the GPU path computed on the device), so both sides see identical coarse inputs.
+             * Only complete blocks are ever scored in causal mode; the trailing partial
+             * block's entry is unused. */
             int j, hh;
             memset(pk, 0, (size_t)nb * e->row * esize());
             for (j = 0; j < len / e->o.block; j++)
@@ -462,7 +672,7 @@ static int verify(engine_t *e, const void *q, const void *o, const float *lse, d
         }
         /* f32: no pooled_k, so the forward mean-pools the contiguous keys itself; this also
          * checks dashattn_pool_keys_paged. */
-        check(dashattn_forward(e->ctx, &e->cfg, &tq, &tk, &tv, g_f16 ? &tp : NULL, NULL, &to, &tl, &tt, NULL, 0),
+        check(dashattn_forward(e->ref_ctx, &e->cfg, &tq, &tk, &tv, g_f16 ? &tp : NULL, NULL, &to, &tl, &tt, NULL, 0),
               "dashattn_forward (reference)");
         for (x = 0; x < (size_t)hq * d; x++) {
             double a = ld(o, (size_t)b * hq * d + x), r = ld(oref, x), df = fabs(a - r);
@@ -481,30 +691,73 @@ static int verify(engine_t *e, const void *q, const void *o, const float *lse, d
         }
         free(kc); free(vc); free(pk); free(oref); free(lref); free(tref); free(z);
     }
-    printf("  check step %4d: max |o_decode - o_forward| = %.3g, max |lse diff| = %.3g, "
+    printf("  check step %4d: max |o_decode%s - o_forward%s| = %.3g, max |lse diff| = %.3g, "
            "selected blocks (library tau / C tau) = %ld / %ld\n",
-           step, md, mlse, sel_lib, sel_c);
+           step, g_gpu ? " (CUDA)" : "", g_gpu ? " (CPU)" : "", md, mlse, sel_lib, sel_c);
     if (!(md <= (g_f16 ? 2e-3 : 1e-4)) || !(mlse <= (g_f16 ? 2e-3 : 1e-4))) fail = 1;
     if (md > *max_diff || md != md) *max_diff = md;
     return fail;
 }
 
+/* Creates e->ctx for the requested backend and, when it comes up on CUDA, loads the driver
+ * API (sets g_gpu) and a CPU context for the reference forward. Returns 0 or an exit status. */
+static int setup_backend(engine_t *e, int32_t *backend) {
+    dashattn_context_options copt;
+    char why[512];
+    check(dashattn_context_options_default(&copt), "dashattn_context_options_default");
+    copt.backend = e->o.backend;
+    copt.num_threads = e->o.threads;
+    check(dashattn_context_create(&copt, &e->ctx), "dashattn_context_create");
+    check(dashattn_context_get_backend(e->ctx, backend), "dashattn_context_get_backend");
+    e->ref_ctx = e->ctx;
+    if (*backend != DASHATTN_BACKEND_CUDA) return 0;
+    if (!cuda_open(copt.device, why, sizeof why)) {
+        if (e->o.backend == DASHATTN_BACKEND_CUDA) {
+            fprintf(stderr, "--backend cuda: the example cannot reach the CUDA driver: %s\n", why);
+            check(dashattn_context_destroy(e->ctx), "dashattn_context_destroy");
+            return 1;
+        }
+        /* The library found CUDA but the example cannot allocate device memory: keep every
+         * tensor in host memory on the CPU backend. */
+        printf("note: %s; running on the CPU backend with host memory\n", why);
+        check(dashattn_context_destroy(e->ctx), "dashattn_context_destroy");
+        copt.backend = DASHATTN_BACKEND_CPU;
+        check(dashattn_context_create(&copt, &e->ctx), "dashattn_context_create");
+        check(dashattn_context_get_backend(e->ctx, backend), "dashattn_context_get_backend");
+        e->ref_ctx = e->ctx;
+        return 0;
+    }
+    if (!cuda_supports(&e->o)) {
+        cuda_close();
+        check(dashattn_context_destroy(e->ctx), "dashattn_context_destroy");
+        return 2;
+    }
+    g_gpu = 1;
+    if (!e->o.f16) printf("note: the CUDA kernels take f16/bf16 tensors: using f16 storage (--f16)\n");
+    e->o.f16 = 1;
+    /* Load the kernels now (fatbin, or an NVRTC compile on first use) rather than inside the
+     * first timed call. */
+    check(dashattn_context_prepare(e->ctx), "dashattn_context_prepare");
+    copt.backend = DASHATTN_BACKEND_CPU;
+    check(dashattn_context_create(&copt, &e->ref_ctx), "dashattn_context_create (CPU reference)");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     engine_t E;
     engine_t *e = &E;
-    dashattn_context_options copt;
     int32_t backend = -1;
-    int b, h, i, step, fail = 0, total_pages, *perm;
+    int b, h, i, step, fail = 0, total_pages, *perm, rc;
     int d;
-    double t0, t_prefill = 0.0, t_decode = 0.0, t_pool = 0.0, max_diff = 0.0;
+    double t0, t_prefill = 0.0, t_decode = 0.0, t_pool = 0.0, t_copy = 0.0, max_diff = 0.0;
     long prefill_tokens = 0;
     void *q, *o;
     float *lse, *kt, *vt, *qt;
     double *z;
+    CUdeviceptr d_q, d_o, d_lse;
 
     memset(e, 0, sizeof *e);
     if (!parse_opts(argc, argv, &e->o)) return 2;
-    g_f16 = e->o.f16;
     rng_state = e->o.seed;
     d = e->o.d;
 
@@ -514,22 +767,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "library version %u does not match the header\n", dashattn_version());
         return 1;
     }
-
-    check(dashattn_context_options_default(&copt), "dashattn_context_options_default");
-    copt.backend = e->o.backend;
-    copt.num_threads = e->o.threads;
-    check(dashattn_context_create(&copt, &e->ctx), "dashattn_context_create");
-    check(dashattn_context_get_backend(e->ctx, &backend), "dashattn_context_get_backend");
-    if (backend == DASHATTN_BACKEND_CUDA) {
-        /* This example keeps every tensor in host memory, which the CUDA backend does not
-         * accept: fall back to the CPU backend. */
-        printf("note: the CUDA backend wants device memory; this example uses host memory, so it "
-               "runs on the CPU backend\n");
-        check(dashattn_context_destroy(e->ctx), "dashattn_context_destroy");
-        copt.backend = DASHATTN_BACKEND_CPU;
-        check(dashattn_context_create(&copt, &e->ctx), "dashattn_context_create");
-        check(dashattn_context_get_backend(e->ctx, &backend), "dashattn_context_get_backend");
-    }
+    if ((rc = setup_backend(e, &backend)) != 0) return rc;
+    g_f16 = e->o.f16;
 
     check(dashattn_config_default(&e->cfg), "dashattn_config_default");
     e->cfg.block_size = e->o.block;
@@ -577,24 +816,37 @@ int main(int argc, char **argv) {
     e->topics = xmalloc((size_t)e->o.n_seq * e->max_blocks * e->row * sizeof(float));
     for (i = 0; i < (int)((size_t)e->o.n_seq * e->max_blocks * e->row); i++) e->topics[i] = 1.5f * rng_normal();
 
+    /* Device copies (GPU path; no-ops on the CPU). The K/V caches are filled after the
+     * prefill; the block table never changes; the pooled cache starts zeroed like the host's. */
+    e->d_k = dev_alloc(cache_bytes(e));
+    e->d_v = dev_alloc(cache_bytes(e));
+    e->d_pooled = dev_alloc(pooled_bytes(e));
+    e->d_table = dev_alloc((size_t)e->o.n_seq * e->max_pages * sizeof(int32_t));
+    e->d_lens = dev_alloc(lens_bytes(e));
+    e->d_prev = dev_alloc(lens_bytes(e));
+    push(e->d_pooled, e->pooled, 0, pooled_bytes(e));
+    push(e->d_table, e->table, 0, (size_t)e->o.n_seq * e->max_pages * sizeof(int32_t));
+
     printf("config: %d sequences, Hq=%d Hkv=%d D=%d, B=%d, page=%d (%d pages, %d per sequence max), "
            "alpha=%.3g, n_local=%d, %s, backend %s\n",
            e->o.n_seq, e->o.hq, e->o.hkv, d, e->o.block, e->o.page, e->num_pages, e->max_pages,
            (double)e->o.alpha, e->o.n_local, g_f16 ? "f16" : "f32",
-           backend == DASHATTN_BACKEND_CPU ? "CPU" : "CUDA");
+           backend == DASHATTN_BACKEND_CPU ? "CPU" : "CUDA (device memory; reference forward on the CPU)");
 
     /* ---- prefill: one dashattn_forward per prompt, then into the pages ---- */
     for (b = 0; b < e->o.n_seq; b++) {
         int L = e->o.prompt + b * e->o.stagger, pos;
         size_t qrow = (size_t)e->o.hq * d;
-        void *pq = xmalloc((size_t)L * qrow * esize()), *pkk = xmalloc((size_t)L * e->row * esize());
-        void *pv = xmalloc((size_t)L * e->row * esize()), *po = xmalloc((size_t)L * qrow * esize());
+        size_t qbytes = (size_t)L * qrow * esize(), kvbytes = (size_t)L * e->row * esize();
+        void *pq = xmalloc(qbytes), *pkk = xmalloc(kvbytes), *pv = xmalloc(kvbytes), *po = xmalloc(qbytes);
+        CUdeviceptr dq = dev_alloc(qbytes), dk = dev_alloc(kvbytes), dv = dev_alloc(kvbytes);
+        CUdeviceptr dout = dev_alloc(qbytes);
         float *kr = xmalloc(e->row * sizeof(float)), *vr = xmalloc(e->row * sizeof(float));
         float *qr = xmalloc(qrow * sizeof(float));
-        dashattn_tensor tq = tensor4(pq, storage_dtype(), 1, L, e->o.hq, d);
-        dashattn_tensor tk = tensor4(pkk, storage_dtype(), 1, L, e->o.hkv, d);
-        dashattn_tensor tv = tensor4(pv, storage_dtype(), 1, L, e->o.hkv, d);
-        dashattn_tensor to = tensor4(po, storage_dtype(), 1, L, e->o.hq, d);
+        dashattn_tensor tq = tensor4(lib_ptr(pq, dq), storage_dtype(), 1, L, e->o.hq, d);
+        dashattn_tensor tk = tensor4(lib_ptr(pkk, dk), storage_dtype(), 1, L, e->o.hkv, d);
+        dashattn_tensor tv = tensor4(lib_ptr(pv, dv), storage_dtype(), 1, L, e->o.hkv, d);
+        dashattn_tensor to = tensor4(lib_ptr(po, dout), storage_dtype(), 1, L, e->o.hq, d);
         for (pos = 0; pos < L; pos++) {
             gen_kv(e, b, pos, kr, vr);
             gen_q(e, b, pos, qr);
@@ -605,7 +857,11 @@ int main(int argc, char **argv) {
             for (i = 0; i < (int)qrow; i++) st(pq, (size_t)pos * qrow + i, qr[i]);
         }
         t0 = now_s();
+        push(dq, pq, 0, qbytes);
+        push(dk, pkk, 0, kvbytes);
+        push(dv, pv, 0, kvbytes);
         check(dashattn_forward(e->ctx, &e->cfg, &tq, &tk, &tv, NULL, NULL, &to, NULL, NULL, NULL, 0), "dashattn_forward (prefill)");
+        dev_sync();
         t_prefill += now_s() - t0;
         prefill_tokens += L;
         /* K/V of the prompt into the sequence's pages (as an engine writes them while the
@@ -619,12 +875,22 @@ int main(int argc, char **argv) {
         e->lens[b] = L;
         e->prev[b] = 0;
         free(pq); free(pkk); free(pv); free(po); free(kr); free(vr); free(qr);
+        dev_free(dq); dev_free(dk); dev_free(dv); dev_free(dout);
     }
+    /* GPU path: the filled pages reach the device in one copy each (untimed, like the page
+     * writes above: an engine on the GPU writes them there directly), then the lengths. */
+    push(e->d_k, e->k_cache, 0, cache_bytes(e));
+    push(e->d_v, e->v_cache, 0, cache_bytes(e));
+    push(e->d_lens, e->lens, 0, lens_bytes(e));
+    push(e->d_prev, e->prev, 0, lens_bytes(e));
     t0 = now_s();
     pool(e); /* prev_seq_lens = 0: pools every complete block of every prompt */
+    dev_sync();
     t_pool += now_s() - t0;
-    printf("prefill: %ld tokens in %.3f s (%.0f tokens/s), pooled-key cache filled in %.2f ms\n",
-           prefill_tokens, t_prefill, prefill_tokens / (t_prefill > 0 ? t_prefill : 1e-9), 1e3 * t_pool);
+    pull(e->pooled, e->d_pooled, 0, pooled_bytes(e)); /* for the C-side statistics (untimed) */
+    printf("prefill: %ld tokens in %.3f s (%.0f tokens/s%s), pooled-key cache filled in %.2f ms\n",
+           prefill_tokens, t_prefill, prefill_tokens / (t_prefill > 0 ? t_prefill : 1e-9),
+           g_gpu ? ", incl. copying q/k/v to the device" : "", 1e3 * t_pool);
 
     /* ---- decode loop ---- */
     q = xmalloc((size_t)e->o.n_seq * e->o.hq * d * esize());
@@ -634,19 +900,24 @@ int main(int argc, char **argv) {
     kt = xmalloc(e->row * sizeof(float));
     vt = xmalloc(e->row * sizeof(float));
     z = xmalloc(((size_t)e->max_blocks + 1) * sizeof(double));
+    d_q = dev_alloc((size_t)e->o.n_seq * e->o.hq * d * esize());
+    d_o = dev_alloc((size_t)e->o.n_seq * e->o.hq * d * esize());
+    d_lse = dev_alloc((size_t)e->o.n_seq * e->o.hq * sizeof(float));
     {
-        dashattn_tensor tq = tensor4(q, storage_dtype(), e->o.n_seq, 1, e->o.hq, d);
-        dashattn_tensor to = tensor4(o, storage_dtype(), e->o.n_seq, 1, e->o.hq, d);
-        dashattn_tensor tl = tensor3(lse, DASHATTN_DTYPE_F32, e->o.n_seq, e->o.hq, 1);
-        dashattn_tensor kc = cache_t(e, e->k_cache), vc = cache_t(e, e->v_cache), pc = pooled_t(e);
-        dashattn_tensor bt = tensor2(e->table, DASHATTN_DTYPE_I32, e->o.n_seq, e->max_pages);
-        dashattn_tensor sl = tensor1(e->lens, DASHATTN_DTYPE_I32, e->o.n_seq);
+        size_t qbytes = (size_t)e->o.n_seq * e->o.hq * d * esize();
+        dashattn_tensor tq = tensor4(lib_ptr(q, d_q), storage_dtype(), e->o.n_seq, 1, e->o.hq, d);
+        dashattn_tensor to = tensor4(lib_ptr(o, d_o), storage_dtype(), e->o.n_seq, 1, e->o.hq, d);
+        dashattn_tensor tl = tensor3(lib_ptr(lse, d_lse), DASHATTN_DTYPE_F32, e->o.n_seq, e->o.hq, 1);
+        dashattn_tensor kc = kcache_t(e), vc = vcache_t(e), pc = pooled_t(e), bt = table_t(e), sl = lens_t(e);
         size_t ws_size = 0;
         void *ws = NULL;
-        double t_step_pool = 0.0;
+        CUdeviceptr d_ws = 0;
         check(dashattn_decode_workspace_size(e->ctx, &e->cfg, &tq, &kc, &pc, &bt, &sl, &ws_size),
               "dashattn_decode_workspace_size");
-        if (ws_size > 0 && posix_memalign(&ws, 256, ws_size) != 0) {
+        if (g_gpu) {
+            if (ws_size > 0) d_ws = dev_alloc(ws_size); /* cuMemAlloc is 256-byte aligned */
+            ws = lib_ptr(NULL, d_ws);
+        } else if (ws_size > 0 && posix_memalign(&ws, 256, ws_size) != 0) {
             fprintf(stderr, "out of memory (workspace)\n");
             return 2;
         }
@@ -662,14 +933,29 @@ int main(int argc, char **argv) {
                 e->prev[b] = pos;
                 e->lens[b] = pos + 1;
             }
+            if (g_gpu) {
+                t0 = now_s();
+                push_appended(e); /* the new K/V rows and lengths */
+                push(d_q, q, 0, qbytes);
+                t_copy += now_s() - t0;
+            }
             t0 = now_s();
             pool(e); /* pools a block exactly when this token completed it */
-            t_step_pool = now_s() - t0;
-            t_pool += t_step_pool;
+            dev_sync();
+            t_pool += now_s() - t0;
             t0 = now_s();
             check(dashattn_decode(e->ctx, &e->cfg, &tq, &kc, &vc, &pc, &bt, &sl, NULL, &to, &tl, ws, ws_size),
                   "dashattn_decode");
+            dev_sync();
             t_decode += now_s() - t0;
+            if (g_gpu) {
+                t0 = now_s();
+                pull(o, d_o, 0, qbytes);
+                t_copy += now_s() - t0;
+                /* Untimed: what the statistics and the check read on the host. */
+                pull_new_pooled(e);
+                if (checked) pull(lse, d_lse, 0, (size_t)e->o.n_seq * e->o.hq * sizeof(float));
+            }
 
             /* Statistics (untimed): candidate vs. selected blocks, with tau solved in C. */
             for (b = 0; b < e->o.n_seq; b++) {
@@ -691,13 +977,21 @@ int main(int argc, char **argv) {
             }
             if (checked) fail |= verify(e, q, o, lse, &max_diff, step);
         }
-        free(ws);
+        if (g_gpu) dev_free(d_ws);
+        else free(ws);
     }
     {
         long toks = (long)e->o.n_seq * e->o.steps;
-        printf("decode: %d steps x %d sequences = %ld tokens; dashattn_decode %.3f s, "
-               "dashattn_pool_keys_paged %.3f s -> %.0f tokens/s (decode + pooling)\n",
-               e->o.steps, e->o.n_seq, toks, t_decode, t_pool, toks / (t_decode + t_pool > 0 ? t_decode + t_pool : 1e-9));
+        double t_all = t_decode + t_pool + t_copy;
+        if (g_gpu)
+            printf("decode: %d steps x %d sequences = %ld tokens; dashattn_decode %.3f s, "
+                   "dashattn_pool_keys_paged %.3f s, host<->device copies %.3f s -> %.0f tokens/s "
+                   "(decode + pooling + copies)\n",
+                   e->o.steps, e->o.n_seq, toks, t_decode, t_pool, t_copy, toks / (t_all > 0 ? t_all : 1e-9));
+        else
+            printf("decode: %d steps x %d sequences = %ld tokens; dashattn_decode %.3f s, "
+                   "dashattn_pool_keys_paged %.3f s -> %.0f tokens/s (decode + pooling)\n",
+                   e->o.steps, e->o.n_seq, toks, t_decode, t_pool, toks / (t_all > 0 ? t_all : 1e-9));
         printf("final lengths:");
         for (b = 0; b < e->o.n_seq; b++) printf(" %d", e->lens[b]);
         printf("\n");
@@ -706,7 +1000,12 @@ int main(int argc, char **argv) {
                e->cand_blocks, e->sel_blocks, e->cand_blocks > 0 ? 100.0 * e->sel_blocks / e->cand_blocks : 0.0,
                e->local_blocks, e->ctx_keys > 0 ? 100.0 * e->read_keys / e->ctx_keys : 0.0);
     }
+    dev_free(d_q); dev_free(d_o); dev_free(d_lse);
+    dev_free(e->d_k); dev_free(e->d_v); dev_free(e->d_pooled); dev_free(e->d_table);
+    dev_free(e->d_lens); dev_free(e->d_prev);
+    if (e->ref_ctx != e->ctx) check(dashattn_context_destroy(e->ref_ctx), "dashattn_context_destroy");
     check(dashattn_context_destroy(e->ctx), "dashattn_context_destroy");
+    cuda_close();
     free(q); free(o); free(lse); free(qt); free(kt); free(vt); free(z);
     free(e->k_cache); free(e->v_cache); free(e->pooled); free(e->table); free(e->lens);
     free(e->prev); free(e->max_len); free(e->topics);

@@ -128,7 +128,7 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
     let want = (2 * dev.props.sm_count.max(1) as usize).div_ceil(rows.max(1));
     let splits = want.clamp(1, 64).min(nbmax.max(1));
     let optin = dev.props.smem_optin.max(48 * 1024) as usize;
-    if (2 * hpu * p.d + hpu * cfg.block_size + 2 * hpu) * 4 > optin || hpu * p.d * 4 > optin {
+    if 2 * cfg.block_size * 8 + (2 * hpu * p.d + hpu * cfg.block_size + 2 * hpu) * 4 > optin || hpu * p.d * 4 > optin {
         bail!(Unsupported, "the CUDA decode's shared memory need exceeds this device's limit");
     }
     let b = |parts: &[usize]| crate::params::bytes_of(parts, "CUDA decode workspace");
@@ -228,7 +228,7 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.alpha = cfg.alpha;
     dp.sigma = sigma as f32;
     dp.sigma_c = sigma_c as f32;
-    let attend_smem = (2 * pl.hpu * p.d + pl.hpu * cfg.block_size + 2 * pl.hpu) * 4;
+    let attend_smem = 2 * cfg.block_size * 8 + (2 * pl.hpu * p.d + pl.hpu * cfg.block_size + 2 * pl.hpu) * 4;
     unsafe {
         let f = kern.function(kname("coarse", s))?;
         launch(f, (d.q_len, pl.units, p.n), 256, pl.hpu * p.d * 4, stream, &dp, "cuLaunchKernel(dash_dec_coarse)")?;
