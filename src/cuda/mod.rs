@@ -138,10 +138,6 @@ impl CudaDevice {
         }
     }
 
-    pub fn unsupported(&self, what: &str) -> Error {
-        Error::Unsupported(format!("{what} has no CUDA kernel in this build yet; use the CPU backend"))
-    }
-
     /// Makes the primary context current for this thread until the guard drops.
     pub(crate) fn bind(&self) -> Result<CtxGuard> {
         let ctx = match self.ctx.get() {
