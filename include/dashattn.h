@@ -269,6 +269,7 @@ dashattn_status dashattn_forward_workspace_size(struct dashattn_context *ctx,
 //    for rows without candidate blocks.
 //  - workspace: `workspace_size` bytes, 256-byte aligned, at least what
 //    dashattn_forward_workspace_size returned; NULL and 0 let the library allocate.
+//
 // Outputs must not overlap each other or the inputs. On error nothing is written.
 // CPU backend: all pointers are host memory and the call returns when done.
 dashattn_status dashattn_forward(struct dashattn_context *ctx,

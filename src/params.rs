@@ -75,7 +75,7 @@ impl Tensor {
             if t.ptr == 0 {
                 bail!(NullPointer, "{name}.data is NULL but the tensor has elements");
             }
-            if t.ptr % dtype.size() != 0 {
+            if !t.ptr.is_multiple_of(dtype.size()) {
                 bail!(Misaligned, "{name}.data is not aligned to its {}-byte elements", dtype.size());
             }
             if t.ptr.checked_add(bytes).is_none() || bytes > isize::MAX as usize {
@@ -216,7 +216,7 @@ impl Tensor {
         // Is delta (in elements) = sum_k c_k * stride_k with |c_k| < shape_k? Dimensions by
         // decreasing stride; at each, only floor and ceil of the quotient can work.
         let mut dims: Vec<(i128, i128)> = (0..self.rank).filter(|&k| self.shape[k] > 1).map(|k| (self.strides[k] as i128, self.shape[k] as i128)).collect();
-        dims.sort_by(|x, y| y.0.cmp(&x.0));
+        dims.sort_by_key(|x| std::cmp::Reverse(x.0));
         fn reach(rem: i128, dims: &[(i128, i128)]) -> bool {
             match dims.split_first() {
                 None => rem == 0,
@@ -419,7 +419,7 @@ fn check_heads(hq: usize, hkv: usize, d: usize) -> Result<()> {
     if hkv == 0 || hq == 0 {
         bail!(InvalidShape, "head counts must be positive (Hq = {hq}, Hkv = {hkv})");
     }
-    if hq % hkv != 0 {
+    if !hq.is_multiple_of(hkv) {
         bail!(InvalidShape, "Hq = {hq} is not a multiple of Hkv = {hkv}");
     }
     if d == 0 || d > MAX_HEAD_DIM {
@@ -576,7 +576,7 @@ pub fn paged_dims(cfg: &Config, k_cache: &Tensor, pooled_cache: &Tensor, block_t
     if page_size == 0 {
         bail!(InvalidShape, "k_cache page_size is 0");
     }
-    if page_size % cfg.block_size != 0 && cfg.block_size % page_size != 0 {
+    if page_size % cfg.block_size != 0 && !cfg.block_size.is_multiple_of(page_size) {
         bail!(InvalidShape, "page_size = {page_size} is incompatible with block_size = {} (one must divide the other)", cfg.block_size);
     }
     if hkv == 0 || d == 0 || d > MAX_HEAD_DIM {
@@ -709,7 +709,7 @@ impl Workspace {
             }
             return Ok(());
         }
-        if self.ptr % WORKSPACE_ALIGN != 0 {
+        if !self.ptr.is_multiple_of(WORKSPACE_ALIGN) {
             bail!(Misaligned, "workspace must be {WORKSPACE_ALIGN}-byte aligned");
         }
         if self.len < need {

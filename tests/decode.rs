@@ -102,7 +102,7 @@ fn pooled_cache_upkeep_is_incremental() {
     let lens = [100usize, 77];
     let full = paged_from(&mut rng, &ctx, &cfg, &p, &lens, 8);
     // Same pages, pooled cache rebuilt one token at a time.
-    let mut inc = vec![f32::NAN; full.pooled.len()];
+    let inc = vec![f32::NAN; full.pooled.len()];
     for step in 1..=100 {
         let prev: Vec<i32> = lens.iter().map(|&l| (step - 1).min(l) as i32).collect();
         let cur: Vec<i32> = lens.iter().map(|&l| step.min(l) as i32).collect();

@@ -45,6 +45,7 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
 }
 
 struct Cache {
+    #[allow(dead_code)]
     ps: usize,
     pages: usize,
     max_pages: usize,

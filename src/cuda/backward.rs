@@ -100,8 +100,8 @@ pub fn backward(dev: &CudaDevice, stream: usize, cfg: &Config, dims: &AttnDims, 
     }
     let _g = dev.bind()?;
     let kern = dev.kernels()?;
-    let stream = stream as sys::CUstream;
     let scratch = DeviceScratch::new(ws, lay.total, stream, "cuMemAllocAsync (backward workspace)")?;
+    let stream = stream as sys::CUstream;
     let base = scratch.base;
     let kbar = base + lay.offsets[0] as u64;
     let sfx = if a.q.dtype == DType::BF16 { "bf16" } else { "f16" };

@@ -199,8 +199,8 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     }
     let _g = dev.bind()?;
     let kern = dev.kernels()?;
-    let stream = stream as sys::CUstream;
     let scratch = DeviceScratch::new(ws, pl.layout.total, stream, "cuMemAllocAsync (decode workspace)")?;
+    let stream = stream as sys::CUstream;
     let at = |i: usize| scratch.base + pl.layout.offsets[i] as u64;
     let (sigma, sigma_c) = cfg.scales(p.d);
     let mut dp = cache_params(p, &a.k_cache, &a.pooled_cache, &a.block_table, &a.seq_lens, cfg);

@@ -177,10 +177,10 @@ fn strides3(t: &Tensor) -> [i64; 3] {
 /// Whether every row start of a [N, L, H, D] tensor is `align`-byte aligned.
 fn rows_aligned(t: &Tensor, align: usize) -> bool {
     let es = t.dtype.size();
-    if t.ptr % align != 0 {
+    if !t.ptr.is_multiple_of(align) {
         return false;
     }
-    (0..3).all(|i| t.shape[i] <= 1 || (t.strides[i] * es) % align == 0)
+    (0..3).all(|i| t.shape[i] <= 1 || (t.strides[i] * es).is_multiple_of(align))
 }
 
 /// Stream-ordered scratch when the caller gave no workspace.

@@ -48,7 +48,9 @@ pub struct DeviceScratch {
 }
 
 impl DeviceScratch {
-    pub fn new(ws: Workspace, need: usize, stream: sys::CUstream, what: &str) -> Result<DeviceScratch> {
+    /// `stream` is the caller's CUstream handle as an integer (0 = legacy default stream).
+    pub fn new(ws: Workspace, need: usize, stream: usize, what: &str) -> Result<DeviceScratch> {
+        let stream = stream as sys::CUstream;
         ws.check(need)?;
         if ws.ptr != 0 {
             return Ok(DeviceScratch { base: ws.ptr as u64, owned: 0, stream });
