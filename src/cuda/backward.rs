@@ -125,6 +125,7 @@ pub fn backward(dev: &CudaDevice, stream: usize, cfg: &Config, dims: &AttnDims, 
             d: dims.d as i32,
             nb: dims.nb as i32,
             bs: cfg.block_size as i32,
+            bs_log2: cfg.block_size.trailing_zeros() as i32,
             ..KernelParams::default()
         };
         let f = kern.function(if sfx == "bf16" { "dash_pool_bf16" } else { "dash_pool_f16" })?;

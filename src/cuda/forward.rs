@@ -1,11 +1,11 @@
 //! CUDA forward (SPEC 3): planning, workspace layout and the three launches
 //! (kernels/forward.cu: pool -> coarse -> fine), all on the caller's stream.
 
-use std::ffi::c_void;
 
 use cudarc::driver::sys;
 
-use super::{check, CudaDevice};
+use super::launch::{launch, DeviceScratch};
+use super::CudaDevice;
 use crate::dtype::DType;
 use crate::error::{bail, Error, Result};
 use crate::params::{AttnDims, Config, ForwardArgs, Selection, Tensor, Workspace, WORKSPACE_ALIGN};
@@ -183,30 +183,6 @@ fn rows_aligned(t: &Tensor, align: usize) -> bool {
     (0..3).all(|i| t.shape[i] <= 1 || (t.strides[i] * es).is_multiple_of(align))
 }
 
-/// Stream-ordered scratch when the caller gave no workspace.
-struct AsyncAlloc {
-    ptr: sys::CUdeviceptr,
-    stream: sys::CUstream,
-}
-
-impl Drop for AsyncAlloc {
-    fn drop(&mut self) {
-        if self.ptr != 0 {
-            unsafe {
-                let _ = sys::cuMemFreeAsync(self.ptr, self.stream);
-            }
-        }
-    }
-}
-
-unsafe fn launch(f: sys::CUfunction, grid: (usize, usize, usize), block: usize, smem: usize, stream: sys::CUstream, p: &KernelParams, what: &str) -> Result<()> {
-    let mut pp = p as *const KernelParams as *mut c_void;
-    check(
-        sys::cuLaunchKernel(f, grid.0 as u32, grid.1 as u32, grid.2 as u32, block as u32, 1, 1, smem as u32, stream, &mut pp as *mut *mut c_void, std::ptr::null_mut()),
-        what,
-    )
-}
-
 /// The forward on the device: tensors are device pointers, launches go to `stream`.
 pub fn forward(dev: &CudaDevice, stream: usize, cfg: &Config, dims: &AttnDims, a: &ForwardArgs, ws: Workspace) -> Result<()> {
     let pl = plan(dev, cfg, dims, a.q.dtype)?;
@@ -216,17 +192,9 @@ pub fn forward(dev: &CudaDevice, stream: usize, cfg: &Config, dims: &AttnDims, a
     }
     let _g = dev.bind()?;
     let kern = dev.kernels()?;
+    let scratch = DeviceScratch::new(ws, pl.ws_total, stream, "cuMemAllocAsync (forward workspace)")?;
     let stream = stream as sys::CUstream;
-
-    let mut scratch = AsyncAlloc { ptr: 0, stream };
-    let base = if ws.ptr != 0 {
-        ws.ptr as u64
-    } else {
-        let mut p: sys::CUdeviceptr = 0;
-        unsafe { check(sys::cuMemAllocAsync(&mut p, pl.ws_total.max(WORKSPACE_ALIGN), stream), "cuMemAllocAsync (forward workspace)")? };
-        scratch.ptr = p;
-        p
-    };
+    let base = scratch.base;
 
     let (sigma, sigma_c) = cfg.scales(dims.d);
     let z3 = [0i64; 3];
