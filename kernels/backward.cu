@@ -65,8 +65,10 @@ __device__ __forceinline__ float block_sum(float v, float *red) {
     return t;
 }
 
+// Clamped to [1, 2] (NaN -> 1) exactly as the forward does: device values cannot be
+// validated on the host, and forward and backward must compute the same function.
 __device__ __forceinline__ float unit_alpha(const BwdParams &p, int h0) {
-    return p.head_alpha ? p.head_alpha[(i64)h0 * p.ha_stride] : p.alpha;
+    return fminf(fmaxf(p.head_alpha ? p.head_alpha[(i64)h0 * p.ha_stride] : p.alpha, 1.f), 2.f);
 }
 
 // Candidate / local classification of block j for position t (SPEC 3.2).
@@ -212,13 +214,13 @@ __device__ __forceinline__ void dash_bwd_dq(const BwdParams &p) {
 }
 
 // Dynamic shared memory of dash_bwd_dkv (floats):
-//   dk[bs*D], dv[bs*D], qs[G*D], dos[G*D], qsum[D], dkbar[D], red[32]
+//   dk[bs*D], dv[bs*D], qs[G*D], dos[G*D], dkbar[D], red[32]
 template <typename T>
 __device__ __forceinline__ void dash_bwd_dkv(const BwdParams &p) {
     extern __shared__ float sm[];
     const int j = blockIdx.x, hk = blockIdx.y, n = blockIdx.z;
     const int G = p.group, D = p.d, bs = p.bs;
-    float *dks = sm, *dvs = dks + bs * D, *qs = dvs + bs * D, *dos = qs + G * D, *qsum = dos + G * D, *dkbar = qsum + D, *red = dkbar + D;
+    float *dks = sm, *dvs = dks + bs * D, *qs = dvs + bs * D, *dos = qs + G * D, *dkbar = dos + G * D, *red = dkbar + D;
     for (int e = threadIdx.x; e < bs * D; e += blockDim.x) dks[e] = dvs[e] = 0.f;
     for (int x = threadIdx.x; x < D; x += blockDim.x) dkbar[x] = 0.f;
     const int i = j * bs + threadIdx.x;  // this thread's key (threads >= bs idle in key work)
@@ -310,4 +312,3 @@ __device__ __forceinline__ void dash_bwd_dkv(const BwdParams &p) {
 
 DASH_BWD_INSTANTIATE(f16_t, f16)
 DASH_BWD_INSTANTIATE(bf16_t, bf16)
-DASH_BWD_INSTANTIATE(float, f32)

@@ -101,6 +101,14 @@ __device__ float block_max(float v, float *red) {
     return t;
 }
 
+// seq_lens[b], or 0 (an empty sequence: o = 0, lse = -inf) when it lies outside
+// [0, max_pages * page_size]: the host cannot range-check device memory, and a length past
+// the block table would make every later index run past its buffer.
+__device__ __forceinline__ int seq_len(const DecParams &p, int b) {
+    int len = p.seq_lens[b * p.s_sl];
+    return (len < 0 || (i64)len > (i64)p.max_pages * p.ps) ? 0 : len;
+}
+
 __device__ __forceinline__ int page_of(const DecParams &p, int b, i64 tok) {
     int pg = p.table[b * p.st_b + (tok / p.ps) * p.st_i];
     return (pg >= 0 && pg < p.num_pages) ? pg : -1;
@@ -140,11 +148,12 @@ __device__ __forceinline__ void dec_coarse(const DecParams &p) {
     const int h0 = p.per_head ? u : u * p.group;  // first query head of the unit
     const int hk = h0 / p.group;
     const i64 ru = ((i64)b * units + u) * p.q_len + r;
-    const int len = p.seq_lens[b * p.s_sl];
+    const int len = seq_len(p, b);
     const i64 t = (i64)len - p.q_len + r;
     const i64 c = t >= 0 ? t / p.bs : -1;
     const int ncand = (int)max((i64)0, c - p.n_local + 1);
-    const float alpha = p.head_alpha ? p.head_alpha[h0 * p.ha_stride] : p.alpha;
+    // Clamped to [1, 2] (NaN -> 1) as in the forward: device values cannot be validated.
+    const float alpha = fminf(fmaxf(p.head_alpha ? p.head_alpha[h0 * p.ha_stride] : p.alpha, 1.f), 2.f);
     float *q = sm;
     for (int e = threadIdx.x; e < hpu * p.d; e += blockDim.x) {
         int g = e / p.d, x = e % p.d;
@@ -249,7 +258,7 @@ __device__ __forceinline__ void dec_coarse(const DecParams &p) {
 }
 
 // ---------------------------------------------------------------- split-KV attention
-// grid (splits, N*units, q_len), block 128. Dynamic smem: koff[bs], voff[bs] (i64: element
+// grid (N*units, splits, q_len), block 128. Dynamic smem: koff[bs], voff[bs] (i64: element
 // offsets of the block's key/value rows, -1 for keys not attended or on a bad page), then
 // floats q[hpu*D], acc[hpu*D], sc[hpu*bs], m[hpu], l[hpu]. The offsets are resolved once per
 // block so that the score and P*V loops issue independent loads (no page-table lookup
@@ -258,9 +267,9 @@ template <typename T>
 __device__ __forceinline__ void dec_attend(const DecParams &p) {
     extern __shared__ i64 smi[];
     __shared__ float red[32];
-    const int s = blockIdx.x, r = blockIdx.z;
+    const int s = blockIdx.y, r = blockIdx.z;
     const int units = p.per_head ? p.hq : p.hkv;
-    const int b = blockIdx.y / units, u = blockIdx.y % units;
+    const int b = blockIdx.x / units, u = blockIdx.x % units;
     const int hpu = p.per_head ? 1 : p.group;
     const int h0 = p.per_head ? u : u * p.group;
     const int hk = h0 / p.group, D = p.d, bs = p.bs;
@@ -272,11 +281,11 @@ __device__ __forceinline__ void dec_attend(const DecParams &p) {
         q[e] = to_f(((const T *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x]);
         acc[e] = 0.f;
     }
-    if (threadIdx.x < hpu) {
-        mrun[threadIdx.x] = -DA_INF;
-        lrun[threadIdx.x] = 0.f;
+    for (int g = threadIdx.x; g < hpu; g += blockDim.x) {
+        mrun[g] = -DA_INF;
+        lrun[g] = 0.f;
     }
-    const int len = p.seq_lens[b * p.s_sl];
+    const int len = seq_len(p, b);
     const i64 t = (i64)len - p.q_len + r;
     const i64 c = t >= 0 ? t / p.bs : -1;
     const int first_local = (int)max((i64)0, c - p.n_local + 1);
@@ -370,8 +379,8 @@ __device__ __forceinline__ void dec_attend(const DecParams &p) {
         float l = lrun[g];
         p.o_part[((((i64)s * p.n + b) * p.q_len + r) * p.hq + h) * D + x] = l > 0.f ? acc[e] / l : 0.f;
     }
-    if (threadIdx.x < hpu) {
-        int g = threadIdx.x, h = h0 + g;
+    for (int g = threadIdx.x; g < hpu; g += blockDim.x) {
+        int h = h0 + g;
         float l = lrun[g];
         p.lse_part[(((i64)s * p.n + b) * p.hq + h) * p.q_len + r] = l > 0.f ? mrun[g] + logf(l) : -DA_INF;
     }

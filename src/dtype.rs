@@ -42,9 +42,6 @@ impl DType {
             DType::F16 | DType::BF16 => 2,
         }
     }
-    pub fn is_float(self) -> bool {
-        !matches!(self, DType::I32)
-    }
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",

@@ -5,9 +5,6 @@
 //! Convention: x_j = [(alpha - 1) z_j - tau]_+, p_j = x_j^(1/(alpha-1)), sum_j p_j = 1.
 //! alpha = 1 is softmax with tau = logsumexp(z), alpha = 2 is sparsemax.
 
-/// Alpha values within this distance of 1 or 2 use the exact softmax / sparsemax forms.
-const EXACT_EPS: f64 = 0.0;
-
 fn sorted_desc(s: &[f64]) -> Vec<f64> {
     let mut v: Vec<f64> = s.to_vec();
     v.sort_by(|a, b| b.total_cmp(a));
@@ -121,13 +118,13 @@ pub fn threshold(z: &[f64], alpha: f64) -> f64 {
     if z.is_empty() {
         return f64::NEG_INFINITY;
     }
-    if alpha <= 1.0 + EXACT_EPS {
+    if alpha <= 1.0 {
         let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let s: f64 = z.iter().map(|&zj| (zj - m).exp()).sum();
         return m + s.ln();
     }
     let s: Vec<f64> = z.iter().map(|&zj| (alpha - 1.0) * zj).collect();
-    if alpha >= 2.0 - EXACT_EPS {
+    if alpha >= 2.0 {
         sparsemax_tau(&s)
     } else if alpha == 1.5 {
         entmax15_tau(&s)
@@ -147,16 +144,6 @@ pub fn log_prob(zj: f64, tau: f64, alpha: f64) -> Option<f64> {
         Some(x.ln() / (alpha - 1.0))
     } else {
         None
-    }
-}
-
-/// x_j = (alpha - 1) z_j - tau (positive exactly for selected blocks; alpha = 1: z_j - tau).
-#[inline]
-pub fn margin(zj: f64, tau: f64, alpha: f64) -> f64 {
-    if alpha <= 1.0 {
-        zj - tau
-    } else {
-        (alpha - 1.0) * zj - tau
     }
 }
 

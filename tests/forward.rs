@@ -253,7 +253,7 @@ fn packed_outputs_are_accepted_and_overlap_is_refused() {
     let reference = backward(&cpu(), &cfg, &p, None, None, &f, &d_o);
     // dqkv packed as [N, L, 3, H, D]; dq, dk, dv are views at offsets 0, H*D, 2*H*D.
     let packed = vec![f32::NAN; 3 * p.q.len()];
-    let hd = (p.hq * p.d);
+    let hd = p.hq * p.d;
     let viewp = |off: usize| {
         let mut t = Tensor::contiguous(packed.as_ptr().wrapping_add(off) as *const u8, DType::F32, &p.q_shape());
         t.strides[0] = 3 * p.lq * hd;

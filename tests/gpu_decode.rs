@@ -244,3 +244,57 @@ fn gpu_merge_states_matches_cpu() {
     assert!(err < 1e-2, "merge rel L2 {err:e}");
     let _ = max_abs_diff;
 }
+
+/// Device-resident lengths cannot be range-checked on the host: a length beyond the block
+/// table makes that sequence empty (o = 0, lse = -inf) instead of reading or writing past
+/// any buffer; the other sequences are unaffected.
+#[test]
+fn gpu_decode_out_of_range_length_is_empty() {
+    let Some(gpu) = cuda() else { return };
+    let dev = device(&gpu).unwrap();
+    let mut rng = Rng::new(99);
+    let (n, hq, hkv, d, bs, ps) = (2usize, 8usize, 2usize, 64usize, 64usize, 64usize);
+    let c = make_cache(&mut rng, n, hkv, d, ps, &[300, 200], bs);
+    let cfg = Config { block_size: bs, ..Config::default() };
+    let (cs, pss) = ([c.pages, ps, hkv, d], [c.pages, 1, hkv, d]);
+    let up = |x: &[u16]| DeviceBuffer::from_slice(dev, x).unwrap();
+    let (dk, dvv) = (up(&c.k), up(&c.v));
+    let dpool = DeviceBuffer::new(dev, c.pages * hkv * d * 2).unwrap();
+    let dtab = DeviceBuffer::from_slice(dev, &c.table).unwrap();
+    let dlens = DeviceBuffer::from_slice(dev, &c.lens).unwrap();
+    let dprev = DeviceBuffer::from_slice(dev, &[0i32; 2]).unwrap();
+    let pa = PoolPagedArgs {
+        k_cache: dev_t(&dk, DType::BF16, &cs),
+        pooled_cache: dev_t(&dpool, DType::BF16, &pss),
+        block_table: dev_t(&dtab, DType::I32, &[n, c.max_pages]),
+        prev_seq_lens: dev_t(&dprev, DType::I32, &[n]),
+        seq_lens: dev_t(&dlens, DType::I32, &[n]),
+    };
+    api::pool_keys_paged(&gpu, &cfg, &pa, Workspace::none()).unwrap();
+    let q = bits(&rng.normals(n * hq * d, 1.0));
+    let dq = up(&q);
+    let (dout, dlse) = (DeviceBuffer::new(dev, q.len() * 2).unwrap(), DeviceBuffer::new(dev, n * hq * 4).unwrap());
+    let ga = DecodeArgs {
+        q: dev_t(&dq, DType::BF16, &[n, 1, hq, d]),
+        k_cache: pa.k_cache,
+        v_cache: dev_t(&dvv, DType::BF16, &cs),
+        pooled_cache: pa.pooled_cache,
+        block_table: pa.block_table,
+        seq_lens: pa.seq_lens,
+        head_alpha: None,
+        o: dev_t(&dout, DType::BF16, &[n, 1, hq, d]),
+        lse: Some(dev_t(&dlse, DType::F32, &[n, hq, 1])),
+    };
+    api::decode(&gpu, &cfg, &ga, Workspace::none()).unwrap();
+    let mut good = vec![0u16; q.len()];
+    dout.download(&mut good).unwrap();
+    dlens.upload(&[1 << 20, 200]).unwrap();
+    api::decode(&gpu, &cfg, &ga, Workspace::none()).unwrap();
+    let mut o = vec![0u16; q.len()];
+    dout.download(&mut o).unwrap();
+    let mut lse = vec![0f32; n * hq];
+    dlse.download(&mut lse).unwrap();
+    assert!(o[..hq * d].iter().all(|&x| x == 0), "the out-of-range sequence must be empty");
+    assert!(lse[..hq].iter().all(|&x| x == f32::NEG_INFINITY));
+    assert_eq!(o[hq * d..], good[hq * d..], "the other sequence must be unaffected");
+}

@@ -62,6 +62,7 @@ pub fn pool_keys_paged<A: Real, E: Elem>(threads: usize, cfg: &Config, p: &Paged
     let bs = cfg.block_size;
     // Validate every index before writing anything.
     let mut work = Vec::new();
+    let mut claimed = std::collections::HashSet::new();
     for b in 0..p.n {
         let len = seq_len(p, &a.seq_lens, "seq_lens", b, 0)?;
         let prev = read_i32(&a.prev_seq_lens, &[b]);
@@ -71,14 +72,17 @@ pub fn pool_keys_paged<A: Real, E: Elem>(threads: usize, cfg: &Config, p: &Paged
         let (j0, j1) = (prev as usize / bs, len / bs);
         if j1 > j0 {
             let pages = page_list(p, &a.block_table, b, j1 * bs)?;
-            work.push((b, j0, j1, pages));
+            // A pooled slot shared by several sequences (prefix sharing) is written once:
+            // no two threads may store to the same element.
+            let blocks: Vec<usize> = (j0..j1).filter(|&j| claimed.insert(pooled_slot(&pages, j, bs, p.page_size))).collect();
+            work.push((blocks, pages));
         }
     }
     parallel_for(threads, work.len() * p.hkv, |it| {
-        let ((_b, j0, j1, pages), h) = (&work[it / p.hkv], it % p.hkv);
+        let ((blocks, pages), h) = (&work[it / p.hkv], it % p.hkv);
         let mut row = vec![A::ZERO; p.d];
         let mut out = vec![A::ZERO; p.d];
-        for j in *j0..*j1 {
+        for &j in blocks {
             mean_pool(bs, |i| a.k_cache.ptr_at::<E>(&[pages[(j * bs + i) / p.page_size], (j * bs + i) % p.page_size, h, 0]) as *const E, &mut row, &mut out);
             let (page, slot) = pooled_slot(pages, j, bs, p.page_size);
             let dst = a.pooled_cache.ptr_at::<E>(&[page, slot, h, 0]);

@@ -1,10 +1,10 @@
 //! The CPU backend: SPEC-literal, f32 or f64 accumulation, both cores.
 
-pub mod backward;
-pub mod common;
-pub mod decode;
-pub mod forward;
-pub mod real;
+pub(crate) mod backward;
+pub(crate) mod common;
+pub(crate) mod decode;
+pub(crate) mod forward;
+pub(crate) mod real;
 
 use half::{bf16, f16};
 

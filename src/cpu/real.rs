@@ -31,7 +31,6 @@ pub trait Real:
     fn store<E: Elem>(self) -> E;
     fn exp(self) -> Self;
     fn ln(self) -> Self;
-    fn max(self, o: Self) -> Self;
 }
 
 macro_rules! real_impl {
@@ -63,10 +62,6 @@ macro_rules! real_impl {
             #[inline]
             fn ln(self) -> Self {
                 <$t>::ln(self)
-            }
-            #[inline]
-            fn max(self, o: Self) -> Self {
-                <$t>::max(self, o)
             }
         }
     };

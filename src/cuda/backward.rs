@@ -68,15 +68,15 @@ fn layout(dims: &AttnDims) -> Result<Layout> {
 
 fn smem(cfg: &Config, dims: &AttnDims) -> (usize, usize) {
     let (g, d, bs) = (dims.group, dims.d, cfg.block_size);
-    ((3 * g * d + 2 * d + dims.nb + bs + 32) * 4, (2 * bs * d + 2 * g * d + 2 * d + 32) * 4)
+    ((3 * g * d + 2 * d + dims.nb + bs + 32) * 4, (2 * bs * d + 2 * g * d + d + 32) * 4)
 }
 
 fn check_supported(dev: &CudaDevice, cfg: &Config, dims: &AttnDims, dtype: DType) -> Result<()> {
     if !matches!(dtype, DType::BF16 | DType::F16) {
         bail!(Unsupported, "the CUDA backward takes bf16 or f16 tensors, not {}", dtype.name());
     }
-    if dims.lq >= 1 << 30 || dims.lk >= 1 << 30 || dims.hkv > 65535 || dims.n > 65535 {
-        bail!(Unsupported, "the CUDA backward needs Lq, Lk < 2^30 and N, Hkv <= 65535");
+    if dims.lq >= 1 << 30 || dims.lk >= 1 << 30 || dims.hq > 65535 || dims.n > 65535 {
+        bail!(Unsupported, "the CUDA backward needs Lq, Lk < 2^30 and N, Hq <= 65535");
     }
     let (a, b) = smem(cfg, dims);
     let optin = dev.props.smem_optin.max(48 * 1024) as usize;

@@ -122,6 +122,9 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
         bail!(Unsupported, "the CUDA decode supports N <= 65535");
     }
     let (units, hpu) = if cfg.selection == Selection::PerHead { (d.hq, 1) } else { (p.hkv, d.group) };
+    if units > 65535 || p.n.checked_mul(units).is_none_or(|x| x > i32::MAX as usize) {
+        bail!(Unsupported, "the CUDA decode supports at most 65535 selection units (KV heads, or query heads with per-head selection)");
+    }
     let nbmax = (p.max_pages * p.page_size / cfg.block_size).max(1);
     let rows = p.n * units * d.q_len;
     // Enough CTAs to fill the machine twice; a function of shapes only (graph-safe).
@@ -233,7 +236,7 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
         let f = kern.function(kname("coarse", s))?;
         launch(f, (d.q_len, pl.units, p.n), 256, pl.hpu * p.d * 4, stream, &dp, "cuLaunchKernel(dash_dec_coarse)")?;
         let f = kern.function(kname("attend", s))?;
-        launch(f, (pl.splits, p.n * pl.units, d.q_len), 128, attend_smem, stream, &dp, "cuLaunchKernel(dash_dec_attend)")?;
+        launch(f, (p.n * pl.units, pl.splits, d.q_len), 128, attend_smem, stream, &dp, "cuLaunchKernel(dash_dec_attend)")?;
     }
     // Merge the splits into o (and lse).
     let (n, l, h, dd, sp) = (p.n as i64, d.q_len as i64, d.hq as i64, p.d as i64, pl.splits as i64);

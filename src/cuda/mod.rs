@@ -9,8 +9,9 @@
 //!   default stream). With a caller workspace the forward neither allocates nor syncs, so
 //!   it can be captured into a CUDA graph; without one it allocates stream-ordered
 //!   (cuMemAllocAsync / cuMemFreeAsync on the same stream).
-//! - Only the forward has kernels in this build; other operations report
-//!   DASHATTN_ERR_UNSUPPORTED.
+//! - Kernel families: forward (pool, coarse, fine), backward (prep, dq, dkv), decode (pooled
+//!   upkeep, coarse, split-KV attend, merge); each has one launcher module here. Shapes or
+//!   dtypes a kernel does not cover report DASHATTN_ERR_UNSUPPORTED.
 
 pub mod backward;
 pub mod decode;

@@ -1,6 +1,6 @@
 //! Small device-memory, stream, event and graph helpers for Rust callers, the GPU tests and
 //! the benchmarks (the library itself never allocates device memory except stream-ordered
-//! scratch in a forward called without a workspace).
+//! scratch for a call made without a workspace).
 
 use std::ffi::c_void;
 
