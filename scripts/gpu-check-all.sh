@@ -11,7 +11,7 @@ if [ "${1:-}" = stage ]; then
     T=${CARGO_TARGET_DIR:-target}/release
     cargo build --release --lib --tests --examples || exit 1
     mkdir -p $D && rm -f $D/*
-    for t in gpu_forward gpu_backward gpu_decode; do cp "$(ls -t $T/deps/$t-* | grep -v '\.d$' | head -1)" $D/$t; done
+    for t in gpu_forward gpu_backward gpu_decode gpu_training; do cp "$(ls -t $T/deps/$t-* | grep -v '\.d$' | head -1)" $D/$t; done
     cp $T/libdashattn.so $T/examples/demo $D/
     gcc -std=c99 -O2 -Wall -Wextra -Werror examples/c/engine.c -Iinclude -L$D -ldashattn -ldl -lm -Wl,-rpath,'$ORIGIN' -o $D/engine || exit 1
     strip $D/* 2>/dev/null
@@ -26,6 +26,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 step "forward table + graph (fatbin)" bash -c "timeout 150 $D/gpu_forward --test-threads=1 --nocapture > $OUT/fwd.txt 2>&1; r=\$?; grep -E 'test result|failed cases' $OUT/fwd.txt; exit \$r"
 step "backward table + determinism (fatbin)" bash -c "timeout 200 $D/gpu_backward --test-threads=1 --nocapture > $OUT/bwd.txt 2>&1; r=\$?; grep -E 'worst|test result|panicked' $OUT/bwd.txt; exit \$r"
 step "decode table + graph replay + merge (fatbin)" bash -c "timeout 120 $D/gpu_decode --test-threads=1 --nocapture > $OUT/dec.txt 2>&1; r=\$?; grep -E '^decode|worst|test result|panicked' $OUT/dec.txt; exit \$r"
+step "training-style check through the C ABI (GPU vs CPU loss curves)" bash -c "timeout 100 $D/gpu_training --nocapture 2>&1 | grep -E 'loss curve|test result|panicked'"
 step "backward + decode (NVRTC path)" bash -c "DASHATTN_FORCE_NVRTC=1 DASHATTN_TEST_CASES=6 timeout 200 $D/gpu_backward --test-threads=1 2>&1 | grep 'test result' && DASHATTN_FORCE_NVRTC=1 timeout 120 $D/gpu_decode --test-threads=1 2>&1 | grep 'test result'"
 step "memcheck backward (2 cases) + decode" bash -c "DASHATTN_TEST_CASES=2 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $D/gpu_backward --test-threads=1 2>&1 | tail -1 && timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $D/gpu_decode --test-threads=1 2>&1 | tail -1"
 step "racecheck backward (1 case) + merge" bash -c "DASHATTN_TEST_CASES=1 timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 $D/gpu_backward --test-threads=1 2>&1 | tail -1 && timeout 60 compute-sanitizer --tool racecheck --error-exitcode 9 $D/gpu_decode gpu_merge --test-threads=1 2>&1 | tail -1"
