@@ -62,8 +62,17 @@ impl<'a> Mem<'a> {
         };
         Arr { host, dev }
     }
+    /// View of an input.
     fn t<T: Copy>(&self, a: &Arr<T>, dt: DType, shape: &[usize]) -> Tensor {
         let mut t = Tensor::contiguous(a.host.as_ptr() as *const u8, dt, shape);
+        if let Some(d) = &a.dev {
+            t.ptr = d.ptr as usize;
+        }
+        t
+    }
+    /// View of an output (host memory the CPU backend writes: taken from a mutable borrow).
+    fn out<T: Copy>(&self, a: &mut Arr<T>, dt: DType, shape: &[usize]) -> Tensor {
+        let mut t = Tensor::contiguous(a.host.as_mut_ptr() as *const u8, dt, shape);
         if let Some(d) = &a.dev {
             t.ptr = d.ptr as usize;
         }
@@ -97,7 +106,7 @@ fn run_forward<'a>(inp: &Inputs, m: &Mem<'a>, c: &Context, cfg: &Config, sync: &
     let (n, hq, len) = (qs[0], qs[2], qs[1]);
         let (qq, kk, vv) = (m.put(q.to_vec()), m.put(k.to_vec()), m.put(v.to_vec()));
         let mut f = Fwd { o: m.put(vec![bf16::NAN; q.len()]), lse: m.put(vec![f32::NAN; n * hq * len]), tau: m.put(vec![f32::NAN; n * hq * len]) };
-        let a = ForwardArgs { q: m.t(&qq, DType::BF16, &qs), k: m.t(&kk, DType::BF16, &ks), v: m.t(&vv, DType::BF16, &ks), pooled_k: None, head_alpha: None, o: m.t(&f.o, DType::BF16, &qs), lse: Some(m.t(&f.lse, DType::F32, &ss)), tau: Some(m.t(&f.tau, DType::F32, &ss)) };
+        let a = ForwardArgs { q: m.t(&qq, DType::BF16, &qs), k: m.t(&kk, DType::BF16, &ks), v: m.t(&vv, DType::BF16, &ks), pooled_k: None, head_alpha: None, o: m.out(&mut f.o, DType::BF16, &qs), lse: Some(m.out(&mut f.lse, DType::F32, &ss)), tau: Some(m.out(&mut f.tau, DType::F32, &ss)) };
         api::forward(c, cfg, &a, Workspace::none()).expect("forward"); // warm-up (kernel load)
         let t0 = Instant::now();
         api::forward(c, cfg, &a, Workspace::none()).expect("forward");
@@ -124,9 +133,9 @@ fn run_backward(inp: &Inputs, m: &Mem<'_>, c: &Context, cfg: &Config, f: &Fwd, s
             d_o: m.t(&ww, DType::BF16, &qs),
             lse: m.t(&ll, DType::F32, &ss),
             tau: m.t(&tt, DType::F32, &ss),
-            dq: m.t(&g[0], DType::BF16, &qs),
-            dk: m.t(&g[1], DType::BF16, &ks),
-            dv: m.t(&g[2], DType::BF16, &ks),
+            dq: m.out(&mut g[0], DType::BF16, &qs),
+            dk: m.out(&mut g[1], DType::BF16, &ks),
+            dv: m.out(&mut g[2], DType::BF16, &ks),
             d_pooled_k: None,
         };
         api::backward(c, cfg, &a, Workspace::none()).expect("backward");
@@ -220,7 +229,7 @@ fn main() {
     let (kca, vca) = (mem.put(kc), mem.put(vc));
     let mut pooled = mem.put(vec![bf16::NAN; pages * 2 * row]);
     let (tab, prev, lens) = (mem.put(table), mem.put(vec![0i32]), mem.put(vec![len as i32]));
-    let pa = PoolPagedArgs { k_cache: mem.t(&kca, DType::BF16, &cs), pooled_cache: mem.t(&pooled, DType::BF16, &ps), block_table: mem.t(&tab, DType::I32, &[1, pages]), prev_seq_lens: mem.t(&prev, DType::I32, &[1]), seq_lens: mem.t(&lens, DType::I32, &[1]) };
+    let pa = PoolPagedArgs { k_cache: mem.t(&kca, DType::BF16, &cs), pooled_cache: mem.out(&mut pooled, DType::BF16, &ps), block_table: mem.t(&tab, DType::I32, &[1, pages]), prev_seq_lens: mem.t(&prev, DType::I32, &[1]), seq_lens: mem.t(&lens, DType::I32, &[1]) };
     api::pool_keys_paged(&ctx, &cfg, &pa, Workspace::none()).expect("pool_keys_paged");
     let q_last = mem.put(q[(len - 1) * hq * d..].to_vec());
     let mut o_dec = mem.put(vec![bf16::NAN; hq * d]);
@@ -232,7 +241,7 @@ fn main() {
         block_table: pa.block_table,
         seq_lens: pa.seq_lens,
         head_alpha: None,
-        o: mem.t(&o_dec, DType::BF16, &[1, 1, hq, d]),
+        o: mem.out(&mut o_dec, DType::BF16, &[1, 1, hq, d]),
         lse: None,
     };
     api::decode(&ctx, &cfg, &da, Workspace::none()).expect("decode");

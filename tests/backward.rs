@@ -43,18 +43,18 @@ fn ctx1() -> Context {
 
 /// (o, lse, tau) in f64.
 fn fwd(ctx: &Context, cfg: &Config, p: &P64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let o = vec![f64::NAN; p.q.len()];
+    let mut o = vec![f64::NAN; p.q.len()];
     let ns = p.n * p.hq * p.lq;
-    let (lse, tau) = (vec![f64::NAN; ns], vec![f64::NAN; ns]);
+    let (mut lse, mut tau) = (vec![f64::NAN; ns], vec![f64::NAN; ns]);
     let a = ForwardArgs {
         q: view(&p.q, DType::F64, &p.qs()),
         k: view(&p.k, DType::F64, &p.ks()),
         v: view(&p.v, DType::F64, &p.ks()),
         pooled_k: p.pooled.as_ref().map(|x| view(x, DType::F64, &p.ps())),
         head_alpha: None,
-        o: view(&o, DType::F64, &p.qs()),
-        lse: Some(view(&lse, DType::F64, &p.ss())),
-        tau: Some(view(&tau, DType::F64, &p.ss())),
+        o: view_mut(&mut o, DType::F64, &p.qs()),
+        lse: Some(view_mut(&mut lse, DType::F64, &p.ss())),
+        tau: Some(view_mut(&mut tau, DType::F64, &p.ss())),
     };
     api::forward(ctx, cfg, &a, Workspace::none()).unwrap();
     (o, lse, tau)
@@ -79,7 +79,7 @@ fn check_case(rng: &mut Rng, cfg: Config, g: usize, with_pooled: bool, label: &s
     let ctx = ctx1();
     let w: Vec<f64> = (0..p.q.len()).map(|_| rng.normal()).collect();
     let (o, lse, tau) = fwd(&ctx, &cfg, &p);
-    let grads: Vec<Vec<f64>> = vec![vec![f64::NAN; p.q.len()], vec![f64::NAN; p.k.len()], vec![f64::NAN; p.v.len()], vec![f64::NAN; n * nb * hkv * d]];
+    let mut grads: Vec<Vec<f64>> = vec![vec![f64::NAN; p.q.len()], vec![f64::NAN; p.k.len()], vec![f64::NAN; p.v.len()], vec![f64::NAN; n * nb * hkv * d]];
     let a = BackwardArgs {
         q: view(&p.q, DType::F64, &p.qs()),
         k: view(&p.k, DType::F64, &p.ks()),
@@ -90,10 +90,10 @@ fn check_case(rng: &mut Rng, cfg: Config, g: usize, with_pooled: bool, label: &s
         d_o: view(&w, DType::F64, &p.qs()),
         lse: view(&lse, DType::F64, &p.ss()),
         tau: view(&tau, DType::F64, &p.ss()),
-        dq: view(&grads[0], DType::F64, &p.qs()),
-        dk: view(&grads[1], DType::F64, &p.ks()),
-        dv: view(&grads[2], DType::F64, &p.ks()),
-        d_pooled_k: if with_pooled { Some(view(&grads[3], DType::F64, &p.ps())) } else { None },
+        dq: view_mut(&mut grads[0], DType::F64, &p.qs()),
+        dk: view_mut(&mut grads[1], DType::F64, &p.ks()),
+        dv: view_mut(&mut grads[2], DType::F64, &p.ks()),
+        d_pooled_k: if with_pooled { Some(view_mut(&mut grads[3], DType::F64, &p.ps())) } else { None },
     };
     api::backward(&ctx, &cfg, &a, Workspace::none()).unwrap();
     let mut worst = 0.0f64;
@@ -174,7 +174,7 @@ fn backward_is_deterministic_and_workspace_sized() {
     let mut buf = vec![0u8; need + 256];
     let off = (256 - buf.as_ptr() as usize % 256) % 256;
     let ws = Workspace { ptr: buf.as_mut_ptr() as usize + off, len: need };
-    let g3 = Grads { dq: vec![f32::NAN; p.q.len()], dk: vec![f32::NAN; p.k.len()], dv: vec![f32::NAN; p.v.len()], dpooled: None };
+    let mut g3 = Grads { dq: vec![f32::NAN; p.q.len()], dk: vec![f32::NAN; p.k.len()], dv: vec![f32::NAN; p.v.len()], dpooled: None };
     let args = BackwardArgs {
         q,
         k,
@@ -185,16 +185,16 @@ fn backward_is_deterministic_and_workspace_sized() {
         d_o: view(&d_o, DType::F32, &p.q_shape()),
         lse: view(&f.lse, DType::F32, &[p.n, p.hq, p.lq]),
         tau: view(&f.tau, DType::F32, &[p.n, p.hq, p.lq]),
-        dq: view(&g3.dq, DType::F32, &p.q_shape()),
-        dk: view(&g3.dk, DType::F32, &p.k_shape()),
-        dv: view(&g3.dv, DType::F32, &p.k_shape()),
+        dq: view_mut(&mut g3.dq, DType::F32, &p.q_shape()),
+        dk: view_mut(&mut g3.dk, DType::F32, &p.k_shape()),
+        dv: view_mut(&mut g3.dv, DType::F32, &p.k_shape()),
         d_pooled_k: None,
     };
     api::backward(&ctx, &cfg, &args, ws).unwrap();
     assert!(g3.dq.iter().zip(&g1.dq).all(|(a, b)| a.to_bits() == b.to_bits()));
     // One byte short: refused, outputs untouched.
-    let g4 = vec![f32::NAN; p.q.len()];
-    let args2 = BackwardArgs { dq: view(&g4, DType::F32, &p.q_shape()), dk: view(&g3.dk, DType::F32, &p.k_shape()), ..args };
+    let mut g4 = vec![f32::NAN; p.q.len()];
+    let args2 = BackwardArgs { dq: view_mut(&mut g4, DType::F32, &p.q_shape()), dk: view_mut(&mut g3.dk, DType::F32, &p.k_shape()), ..args };
     let e = api::backward(&ctx, &cfg, &args2, Workspace { ptr: ws.ptr, len: need - 1 }).unwrap_err();
     assert_eq!(e.status(), dashattn::ffi::types::DASHATTN_ERR_WORKSPACE_TOO_SMALL);
     assert!(g4.iter().all(|x| x.is_nan()));

@@ -102,13 +102,13 @@ fn pooled_cache_upkeep_is_incremental() {
     let lens = [100usize, 77];
     let full = paged_from(&mut rng, &ctx, &cfg, &p, &lens, 8);
     // Same pages, pooled cache rebuilt one token at a time.
-    let inc = vec![f32::NAN; full.pooled.len()];
+    let mut inc = vec![f32::NAN; full.pooled.len()];
     for step in 1..=100 {
         let prev: Vec<i32> = lens.iter().map(|&l| (step - 1).min(l) as i32).collect();
         let cur: Vec<i32> = lens.iter().map(|&l| step.min(l) as i32).collect();
         let args = PoolPagedArgs {
             k_cache: view(&full.k_cache, DType::F32, &full.cache_shape(&p)),
-            pooled_cache: view(&inc, DType::F32, &full.pooled_shape(&p, 16)),
+            pooled_cache: view_mut(&mut inc, DType::F32, &full.pooled_shape(&p, 16)),
             block_table: view(&full.table, DType::I32, &[p.n, full.max_pages]),
             prev_seq_lens: view(&prev, DType::I32, &[p.n]),
             seq_lens: view(&cur, DType::I32, &[p.n]),
@@ -140,13 +140,13 @@ fn merge_states_equals_full_attention() {
     let outs: Vec<ForwardOut> = parts.iter().map(|pp| forward(&ctx, &cfg, pp, None, None)).collect();
     let o_parts: Vec<f32> = outs.iter().flat_map(|f| f.o.clone()).collect();
     let lse_parts: Vec<f32> = outs.iter().flat_map(|f| f.lse.clone()).collect();
-    let o = vec![f32::NAN; p.q.len()];
-    let lse = vec![f32::NAN; full.lse.len()];
+    let mut o = vec![f32::NAN; p.q.len()];
+    let mut lse = vec![f32::NAN; full.lse.len()];
     let args = MergeArgs {
         o_parts: view(&o_parts, DType::F32, &[2, p.n, p.lq, p.hq, p.d]),
         lse_parts: view(&lse_parts, DType::F32, &[2, p.n, p.hq, p.lq]),
-        o: view(&o, DType::F32, &p.q_shape()),
-        lse: Some(view(&lse, DType::F32, &[p.n, p.hq, p.lq])),
+        o: view_mut(&mut o, DType::F32, &p.q_shape()),
+        lse: Some(view_mut(&mut lse, DType::F32, &[p.n, p.hq, p.lq])),
     };
     api::merge_states(&ctx, dashattn::Precision::F64, &args).unwrap();
     assert!(rel_l2(&o, &full.o) < 1e-6, "{}", rel_l2(&o, &full.o));

@@ -252,10 +252,11 @@ fn packed_outputs_are_accepted_and_overlap_is_refused() {
     let d_o = rng.normals(p.q.len(), 1.0);
     let reference = backward(&cpu(), &cfg, &p, None, None, &f, &d_o);
     // dqkv packed as [N, L, 3, H, D]; dq, dk, dv are views at offsets 0, H*D, 2*H*D.
-    let packed = vec![f32::NAN; 3 * p.q.len()];
+    let mut packed = vec![f32::NAN; 3 * p.q.len()];
+    let base = packed.as_mut_ptr(); // the library writes through views of this buffer
     let hd = p.hq * p.d;
     let viewp = |off: usize| {
-        let mut t = Tensor::contiguous(packed.as_ptr().wrapping_add(off) as *const u8, DType::F32, &p.q_shape());
+        let mut t = Tensor::contiguous(base.wrapping_add(off) as *const u8, DType::F32, &p.q_shape());
         t.strides[0] = 3 * p.lq * hd;
         t.strides[1] = 3 * hd;
         t

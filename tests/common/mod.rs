@@ -36,10 +36,17 @@ impl Rng {
     }
 }
 
-/// Contiguous host tensor view over a slice.
+/// Contiguous host tensor view over a slice the call only reads.
 pub fn view<T>(data: &[T], dtype: DType, shape: &[usize]) -> Tensor {
     assert_eq!(data.len(), shape.iter().product::<usize>());
     Tensor::contiguous(data.as_ptr() as *const u8, dtype, shape)
+}
+
+/// Contiguous host tensor view over a slice the call writes (an output): the pointer comes
+/// from a mutable borrow, so writing through it is allowed.
+pub fn view_mut<T>(data: &mut [T], dtype: DType, shape: &[usize]) -> Tensor {
+    assert_eq!(data.len(), shape.iter().product::<usize>());
+    Tensor::contiguous(data.as_mut_ptr() as *const u8, dtype, shape)
 }
 
 /// One attention problem in f32 storage.
@@ -103,7 +110,7 @@ pub fn f64cfg(mut cfg: Config) -> Config {
 }
 
 pub fn forward(ctx: &Context, cfg: &Config, p: &Problem, pooled: Option<&[f32]>, head_alpha: Option<&[f32]>) -> ForwardOut {
-    let out = ForwardOut { o: vec![f32::NAN; p.q.len()], lse: vec![f32::NAN; p.n * p.hq * p.lq], tau: vec![f32::NAN; p.n * p.hq * p.lq] };
+    let mut out = ForwardOut { o: vec![f32::NAN; p.q.len()], lse: vec![f32::NAN; p.n * p.hq * p.lq], tau: vec![f32::NAN; p.n * p.hq * p.lq] };
     let nb = p.nb(cfg.block_size);
     let args = ForwardArgs {
         q: view(&p.q, DType::F32, &p.q_shape()),
@@ -111,9 +118,9 @@ pub fn forward(ctx: &Context, cfg: &Config, p: &Problem, pooled: Option<&[f32]>,
         v: view(&p.v, DType::F32, &p.k_shape()),
         pooled_k: pooled.map(|x| view(x, DType::F32, &[p.n, nb, p.hkv, p.d])),
         head_alpha: head_alpha.map(|x| view(x, DType::F32, &[p.hq])),
-        o: view(&out.o, DType::F32, &p.q_shape()),
-        lse: Some(view(&out.lse, DType::F32, &[p.n, p.hq, p.lq])),
-        tau: Some(view(&out.tau, DType::F32, &[p.n, p.hq, p.lq])),
+        o: view_mut(&mut out.o, DType::F32, &p.q_shape()),
+        lse: Some(view_mut(&mut out.lse, DType::F32, &[p.n, p.hq, p.lq])),
+        tau: Some(view_mut(&mut out.tau, DType::F32, &[p.n, p.hq, p.lq])),
     };
     api::forward(ctx, cfg, &args, Workspace::none()).expect("forward");
     out
@@ -128,7 +135,7 @@ pub struct Grads {
 
 pub fn backward(ctx: &Context, cfg: &Config, p: &Problem, pooled: Option<&[f32]>, head_alpha: Option<&[f32]>, f: &ForwardOut, d_o: &[f32]) -> Grads {
     let nb = p.nb(cfg.block_size);
-    let g = Grads {
+    let mut g = Grads {
         dq: vec![f32::NAN; p.q.len()],
         dk: vec![f32::NAN; p.k.len()],
         dv: vec![f32::NAN; p.v.len()],
@@ -144,10 +151,10 @@ pub fn backward(ctx: &Context, cfg: &Config, p: &Problem, pooled: Option<&[f32]>
         d_o: view(d_o, DType::F32, &p.q_shape()),
         lse: view(&f.lse, DType::F32, &[p.n, p.hq, p.lq]),
         tau: view(&f.tau, DType::F32, &[p.n, p.hq, p.lq]),
-        dq: view(&g.dq, DType::F32, &p.q_shape()),
-        dk: view(&g.dk, DType::F32, &p.k_shape()),
-        dv: view(&g.dv, DType::F32, &p.k_shape()),
-        d_pooled_k: g.dpooled.as_ref().map(|x| view(x, DType::F32, &[p.n, nb, p.hkv, p.d])),
+        dq: view_mut(&mut g.dq, DType::F32, &p.q_shape()),
+        dk: view_mut(&mut g.dk, DType::F32, &p.k_shape()),
+        dv: view_mut(&mut g.dv, DType::F32, &p.k_shape()),
+        d_pooled_k: g.dpooled.as_mut().map(|x| view_mut(x, DType::F32, &[p.n, nb, p.hkv, p.d])),
     };
     api::backward(ctx, cfg, &args, Workspace::none()).expect("backward");
     g
@@ -211,9 +218,10 @@ pub fn paged_from(rng: &mut Rng, ctx: &Context, cfg: &Config, p: &Problem, lens:
         }
     }
     let prev = vec![0i32; p.n];
+    let pooled_shape = pg.pooled_shape(p, cfg.block_size);
     let args = PoolPagedArgs {
         k_cache: view(&pg.k_cache, DType::F32, &pg.cache_shape(p)),
-        pooled_cache: view(&pg.pooled, DType::F32, &pg.pooled_shape(p, cfg.block_size)),
+        pooled_cache: view_mut(&mut pg.pooled, DType::F32, &pooled_shape),
         block_table: view(&pg.table, DType::I32, &[p.n, max_pages]),
         prev_seq_lens: view(&prev, DType::I32, &[p.n]),
         seq_lens: view(&pg.seq_lens, DType::I32, &[p.n]),
@@ -224,8 +232,8 @@ pub fn paged_from(rng: &mut Rng, ctx: &Context, cfg: &Config, p: &Problem, lens:
 
 /// Decode q [N, q_len, Hq, D] against a paged cache; returns (o, lse).
 pub fn decode(ctx: &Context, cfg: &Config, p: &Problem, pg: &Paged, q: &[f32], q_len: usize) -> (Vec<f32>, Vec<f32>) {
-    let o = vec![f32::NAN; q.len()];
-    let lse = vec![f32::NAN; p.n * p.hq * q_len];
+    let mut o = vec![f32::NAN; q.len()];
+    let mut lse = vec![f32::NAN; p.n * p.hq * q_len];
     let args = DecodeArgs {
         q: view(q, DType::F32, &[p.n, q_len, p.hq, p.d]),
         k_cache: view(&pg.k_cache, DType::F32, &pg.cache_shape(p)),
@@ -234,8 +242,8 @@ pub fn decode(ctx: &Context, cfg: &Config, p: &Problem, pg: &Paged, q: &[f32], q
         block_table: view(&pg.table, DType::I32, &[p.n, pg.max_pages]),
         seq_lens: view(&pg.seq_lens, DType::I32, &[p.n]),
         head_alpha: None,
-        o: view(&o, DType::F32, &[p.n, q_len, p.hq, p.d]),
-        lse: Some(view(&lse, DType::F32, &[p.n, p.hq, q_len])),
+        o: view_mut(&mut o, DType::F32, &[p.n, q_len, p.hq, p.d]),
+        lse: Some(view_mut(&mut lse, DType::F32, &[p.n, p.hq, q_len])),
     };
     api::decode(ctx, cfg, &args, Workspace::none()).expect("decode");
     (o, lse)
