@@ -48,6 +48,11 @@ fn t64(v: &[f64], shape: &[usize]) -> Tensor {
     Tensor::contiguous(v.as_ptr() as *const u8, DType::F64, shape)
 }
 
+/// An output the CPU reference writes: the pointer comes from a mutable borrow.
+fn t64_out(v: &mut [f64], shape: &[usize]) -> Tensor {
+    Tensor::contiguous(v.as_mut_ptr() as *const u8, DType::F64, shape)
+}
+
 fn dev_t(b: &DeviceBuffer, dt: DType, shape: &[usize]) -> Tensor {
     let mut t = Tensor::contiguous(std::ptr::null(), dt, shape);
     t.ptr = b.ptr as usize;
@@ -88,8 +93,8 @@ fn run_case(gpu: &Context, rng: &mut Rng, c: Case) -> [f64; 4] {
     let _ = ha64;
     // Reference: f64 CPU forward + backward on the rounded inputs.
     let cpu = cpu();
-    let o = vec![f64::NAN; q.len()];
-    let (lse, tau) = (vec![f64::NAN; c.n * c.hq * c.lq], vec![f64::NAN; c.n * c.hq * c.lq]);
+    let mut o = vec![f64::NAN; q.len()];
+    let (mut lse, mut tau) = (vec![f64::NAN; c.n * c.hq * c.lq], vec![f64::NAN; c.n * c.hq * c.lq]);
     let ha_t = Tensor::contiguous(alphas.as_ptr() as *const u8, DType::F32, &[c.hq]);
     let fa = ForwardArgs {
         q: t64(&q, &qs),
@@ -97,12 +102,13 @@ fn run_case(gpu: &Context, rng: &mut Rng, c: Case) -> [f64; 4] {
         v: t64(&v, &ks),
         pooled_k: c.pooled.then(|| t64(&pooled, &ps)),
         head_alpha: c.head_alpha.then_some(ha_t),
-        o: t64(&o, &qs),
-        lse: Some(t64(&lse, &ss)),
-        tau: Some(t64(&tau, &ss)),
+        o: t64_out(&mut o, &qs),
+        lse: Some(t64_out(&mut lse, &ss)),
+        tau: Some(t64_out(&mut tau, &ss)),
     };
     api::forward(&cpu, &rcfg, &fa, Workspace::none()).unwrap();
-    let g = [vec![f64::NAN; q.len()], vec![f64::NAN; k.len()], vec![f64::NAN; v.len()], vec![f64::NAN; pooled.len()]];
+    let mut g = [vec![f64::NAN; q.len()], vec![f64::NAN; k.len()], vec![f64::NAN; v.len()], vec![f64::NAN; pooled.len()]];
+    let [g0, g1, g2, g3] = &mut g;
     let ba = BackwardArgs {
         q: fa.q,
         k: fa.k,
@@ -113,10 +119,10 @@ fn run_case(gpu: &Context, rng: &mut Rng, c: Case) -> [f64; 4] {
         d_o: t64(&d_o, &qs),
         lse: t64(&lse, &ss),
         tau: t64(&tau, &ss),
-        dq: t64(&g[0], &qs),
-        dk: t64(&g[1], &ks),
-        dv: t64(&g[2], &ks),
-        d_pooled_k: c.pooled.then(|| t64(&g[3], &ps)),
+        dq: t64_out(g0, &qs),
+        dk: t64_out(g1, &ks),
+        dv: t64_out(g2, &ks),
+        d_pooled_k: c.pooled.then(|| t64_out(g3, &ps)),
     };
     api::backward(&cpu, &rcfg, &ba, Workspace::none()).unwrap();
 

@@ -29,6 +29,10 @@ fn dev_t(b: &DeviceBuffer, dt: DType, shape: &[usize]) -> Tensor {
 fn host_t<T>(v: &[T], dt: DType, shape: &[usize]) -> Tensor {
     Tensor::contiguous(v.as_ptr() as *const u8, dt, shape)
 }
+/// A host output the CPU backend writes: the pointer comes from a mutable borrow.
+fn host_out<T>(v: &mut [T], dt: DType, shape: &[usize]) -> Tensor {
+    Tensor::contiguous(v.as_mut_ptr() as *const u8, dt, shape)
+}
 fn bits(x: &[f32]) -> Vec<u16> {
     x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect()
 }
@@ -123,10 +127,10 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
         api::pool_keys_paged(&gpu, &cfg, &pa, Workspace::none()).unwrap();
         let mut pool_gpu = vec![0u16; c.pages * slots * hkv * d];
         dpool.download(&mut pool_gpu).unwrap();
-        let pool_cpu = vec![bf16::NAN.to_bits(); pool_gpu.len()];
+        let mut pool_cpu = vec![bf16::NAN.to_bits(); pool_gpu.len()];
         let pc = PoolPagedArgs {
             k_cache: host_t(&c.k, DType::BF16, &cs),
-            pooled_cache: host_t(&pool_cpu, DType::BF16, &pss),
+            pooled_cache: host_out(&mut pool_cpu, DType::BF16, &pss),
             block_table: host_t(&c.table, DType::I32, &[n, c.max_pages]),
             prev_seq_lens: host_t(&zeros, DType::I32, &[n]),
             seq_lens: host_t(&c.lens, DType::I32, &[n]),
@@ -141,8 +145,8 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
         // Decode: CPU reference reads the GPU's pooled cache (identical inputs).
         let q = bits(&rng.normals(n * q_len * hq * d, 1.0));
         let qsh = [n, q_len, hq, d];
-        let o_ref = vec![f64::NAN; q.len()];
-        let lse_ref = vec![f64::NAN; n * hq * q_len];
+        let mut o_ref = vec![f64::NAN; q.len()];
+        let mut lse_ref = vec![f64::NAN; n * hq * q_len];
         let to64 = |x: &[u16]| vals(x);
         let (k64, v64, p64, q64) = (to64(&c.k), to64(&c.v), to64(&pool_gpu), to64(&q));
         let ra = DecodeArgs {
@@ -153,8 +157,8 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
             block_table: pc.block_table,
             seq_lens: pc.seq_lens,
             head_alpha: None,
-            o: host_t(&o_ref, DType::F64, &qsh),
-            lse: Some(host_t(&lse_ref, DType::F64, &[n, hq, q_len])),
+            o: host_out(&mut o_ref, DType::F64, &qsh),
+            lse: Some(host_out(&mut lse_ref, DType::F64, &[n, hq, q_len])),
         };
         api::decode(&cpu, &rcfg, &ra, Workspace::none()).unwrap();
         let dq = up(&q);
@@ -220,13 +224,13 @@ fn gpu_merge_states_matches_cpu() {
     let o = bits(&rng.normals(s * n * l * h * d, 1.0));
     let mut lse: Vec<f32> = rng.normals(s * n * h * l, 2.0);
     lse[3] = f32::NEG_INFINITY;
-    let out_cpu = vec![0u16; n * l * h * d];
-    let lse_cpu = vec![0f32; n * h * l];
+    let mut out_cpu = vec![0u16; n * l * h * d];
+    let mut lse_cpu = vec![0f32; n * h * l];
     let ma = MergeArgs {
         o_parts: host_t(&o, DType::BF16, &[s, n, l, h, d]),
         lse_parts: host_t(&lse, DType::F32, &[s, n, h, l]),
-        o: host_t(&out_cpu, DType::BF16, &[n, l, h, d]),
-        lse: Some(host_t(&lse_cpu, DType::F32, &[n, h, l])),
+        o: host_out(&mut out_cpu, DType::BF16, &[n, l, h, d]),
+        lse: Some(host_out(&mut lse_cpu, DType::F32, &[n, h, l])),
     };
     api::merge_states(&cpu(), Precision::F32, &ma).unwrap();
     let (dop, dl) = (DeviceBuffer::from_slice(dev, &o).unwrap(), DeviceBuffer::from_slice(dev, &lse).unwrap());

@@ -262,17 +262,19 @@ fn cpu_reference(c: &Case, inp: &Inputs) -> Outs {
     let nb = c.lk.div_ceil(c.bs);
     let qs = [c.n, c.lq, c.hq, c.d];
     let ks = [c.n, c.lk, c.hkv, c.d];
-    let out = Outs { o: vec![f32::NAN; inp.q.len()], lse: vec![f32::NAN; c.n * c.hq * c.lq], tau: vec![f32::NAN; c.n * c.hq * c.lq] };
+    let mut out = Outs { o: vec![f32::NAN; inp.q.len()], lse: vec![f32::NAN; c.n * c.hq * c.lq], tau: vec![f32::NAN; c.n * c.hq * c.lq] };
     let v = |x: &[f32], s: &[usize]| Tensor::contiguous(x.as_ptr() as *const u8, DType::F32, s);
+    // Outputs: pointers from mutable borrows (the CPU backend writes through them).
+    let w = |x: &mut [f32], s: &[usize]| Tensor::contiguous(x.as_mut_ptr() as *const u8, DType::F32, s);
     let args = ForwardArgs {
         q: v(&inp.q, &qs),
         k: v(&inp.k, &ks),
         v: v(&inp.v, &ks),
         pooled_k: inp.pooled.as_ref().map(|p| v(p, &[c.n, nb, c.hkv, c.d])),
         head_alpha: c.head_alpha.then(|| v(&inp.alpha, &[c.hq])),
-        o: v(&out.o, &qs),
-        lse: Some(v(&out.lse, &[c.n, c.hq, c.lq])),
-        tau: Some(v(&out.tau, &[c.n, c.hq, c.lq])),
+        o: w(&mut out.o, &qs),
+        lse: Some(w(&mut out.lse, &[c.n, c.hq, c.lq])),
+        tau: Some(w(&mut out.tau, &[c.n, c.hq, c.lq])),
     };
     api::forward(&cpu, &cfg, &args, Workspace::none()).expect("CPU forward");
     out
