@@ -160,7 +160,7 @@ fn main() {
             });
             dk.upload(&k).unwrap();
             drop(k);
-            let run = || api::forward(&ctx_s, &cfg, &args, wsv);
+            let run = || unsafe { api::forward(&ctx_s, &cfg, &args, wsv) };
             let time = |stages: u32| -> f64 {
                 DEBUG_STAGES.store(stages, Ordering::Relaxed);
                 for _ in 0..2 {

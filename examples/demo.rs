@@ -107,9 +107,9 @@ fn run_forward<'a>(inp: &Inputs, m: &Mem<'a>, c: &Context, cfg: &Config, sync: &
         let (qq, kk, vv) = (m.put(q.to_vec()), m.put(k.to_vec()), m.put(v.to_vec()));
         let mut f = Fwd { o: m.put(vec![bf16::NAN; q.len()]), lse: m.put(vec![f32::NAN; n * hq * len]), tau: m.put(vec![f32::NAN; n * hq * len]) };
         let a = ForwardArgs { q: m.t(&qq, DType::BF16, &qs), k: m.t(&kk, DType::BF16, &ks), v: m.t(&vv, DType::BF16, &ks), pooled_k: None, head_alpha: None, o: m.out(&mut f.o, DType::BF16, &qs), lse: Some(m.out(&mut f.lse, DType::F32, &ss)), tau: Some(m.out(&mut f.tau, DType::F32, &ss)) };
-        api::forward(c, cfg, &a, Workspace::none()).expect("forward"); // warm-up (kernel load)
+        unsafe { api::forward(c, cfg, &a, Workspace::none()) }.expect("forward"); // warm-up (kernel load)
         let t0 = Instant::now();
-        api::forward(c, cfg, &a, Workspace::none()).expect("forward");
+        unsafe { api::forward(c, cfg, &a, Workspace::none()) }.expect("forward");
         sync();
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         m.get(&mut f.o);
@@ -138,9 +138,9 @@ fn run_backward(inp: &Inputs, m: &Mem<'_>, c: &Context, cfg: &Config, f: &Fwd, s
             dv: m.out(&mut g[2], DType::BF16, &ks),
             d_pooled_k: None,
         };
-        api::backward(c, cfg, &a, Workspace::none()).expect("backward");
+        unsafe { api::backward(c, cfg, &a, Workspace::none()) }.expect("backward");
         let t0 = Instant::now();
-        api::backward(c, cfg, &a, Workspace::none()).expect("backward");
+        unsafe { api::backward(c, cfg, &a, Workspace::none()) }.expect("backward");
         sync();
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         for x in g.iter_mut() {
@@ -195,7 +195,8 @@ fn main() {
     let (f, t_fwd) = run_forward(&inp, &mem, &ctx, &cfg, &sync);
     let (fr, _) = run_forward(&inp, &host, &reference, &ref_cfg, &sync);
     let fa = ForwardArgs { q: Tensor::contiguous(q.as_ptr() as *const u8, DType::BF16, &qs), k: Tensor::contiguous(k.as_ptr() as *const u8, DType::BF16, &ks), v: Tensor::contiguous(v.as_ptr() as *const u8, DType::BF16, &ks), pooled_k: None, head_alpha: None, o: Tensor::contiguous(fr.o.host.as_ptr() as *const u8, DType::BF16, &qs), lse: None, tau: None };
-    let st = block_stats(&ref_cfg, &fa, &Tensor::contiguous(fr.tau.host.as_ptr() as *const u8, DType::F32, &ss)).expect("stats");
+    // SAFETY: every view points into live host vectors of this function.
+    let st = unsafe { block_stats(&ref_cfg, &fa, &Tensor::contiguous(fr.tau.host.as_ptr() as *const u8, DType::F32, &ss)) }.expect("stats");
     println!(
         "forward : {:8.3} ms | rel L2 error vs f64 reference: o {:.2e} | blocks attended {}/{} dense -> block sparsity {:.1}% (selected {} of {} candidate blocks)",
         t_fwd,
@@ -230,7 +231,7 @@ fn main() {
     let mut pooled = mem.put(vec![bf16::NAN; pages * 2 * row]);
     let (tab, prev, lens) = (mem.put(table), mem.put(vec![0i32]), mem.put(vec![len as i32]));
     let pa = PoolPagedArgs { k_cache: mem.t(&kca, DType::BF16, &cs), pooled_cache: mem.out(&mut pooled, DType::BF16, &ps), block_table: mem.t(&tab, DType::I32, &[1, pages]), prev_seq_lens: mem.t(&prev, DType::I32, &[1]), seq_lens: mem.t(&lens, DType::I32, &[1]) };
-    api::pool_keys_paged(&ctx, &cfg, &pa, Workspace::none()).expect("pool_keys_paged");
+    unsafe { api::pool_keys_paged(&ctx, &cfg, &pa, Workspace::none()) }.expect("pool_keys_paged");
     let q_last = mem.put(q[(len - 1) * hq * d..].to_vec());
     let mut o_dec = mem.put(vec![bf16::NAN; hq * d]);
     let da = DecodeArgs {
@@ -244,9 +245,9 @@ fn main() {
         o: mem.out(&mut o_dec, DType::BF16, &[1, 1, hq, d]),
         lse: None,
     };
-    api::decode(&ctx, &cfg, &da, Workspace::none()).expect("decode");
+    unsafe { api::decode(&ctx, &cfg, &da, Workspace::none()) }.expect("decode");
     let t0 = Instant::now();
-    api::decode(&ctx, &cfg, &da, Workspace::none()).expect("decode");
+    unsafe { api::decode(&ctx, &cfg, &da, Workspace::none()) }.expect("decode");
     sync();
     let t_dec = t0.elapsed().as_secs_f64() * 1e3;
     mem.get(&mut o_dec);

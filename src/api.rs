@@ -1,5 +1,8 @@
 //! The Rust-level operations: validate, then hand to the context's backend. The C ABI in
 //! src/ffi is a thin shell over these; Rust callers and the tests use them directly.
+//! Operations that touch tensor memory are `unsafe fn`: a `Tensor` is a raw view (address,
+//! shape, strides) that only the caller can vouch for. Workspace-size queries read
+//! descriptors only and are safe.
 
 use crate::context::{Backend, Context};
 use crate::cpu;
@@ -31,7 +34,11 @@ pub fn forward_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k: &Tenso
     }
 }
 
-pub fn forward(ctx: &Context, cfg: &Config, a: &ForwardArgs, ws: Workspace) -> Result<()> {
+/// # Safety
+/// Every tensor's `ptr`, shape and strides must describe memory valid for the whole call:
+/// host memory for the CPU backend, device memory of the context's device for CUDA;
+/// outputs writable and not aliased by anything else in use.
+pub unsafe fn forward(ctx: &Context, cfg: &Config, a: &ForwardArgs, ws: Workspace) -> Result<()> {
     check_precision(ctx, cfg)?;
     let dims = a.validate(cfg)?;
     for t in [Some(&a.q), a.lse.as_ref(), a.tau.as_ref()].into_iter().flatten() {
@@ -53,7 +60,11 @@ pub fn backward_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k: &Tens
     }
 }
 
-pub fn backward(ctx: &Context, cfg: &Config, a: &BackwardArgs, ws: Workspace) -> Result<()> {
+/// # Safety
+/// Every tensor's `ptr`, shape and strides must describe memory valid for the whole call:
+/// host memory for the CPU backend, device memory of the context's device for CUDA;
+/// outputs writable and not aliased by anything else in use.
+pub unsafe fn backward(ctx: &Context, cfg: &Config, a: &BackwardArgs, ws: Workspace) -> Result<()> {
     check_precision(ctx, cfg)?;
     let dims = a.validate(cfg)?;
     for t in [&a.q, &a.lse, &a.tau] {
@@ -72,7 +83,11 @@ pub fn pool_keys_paged_workspace_size(ctx: &Context, cfg: &Config, k_cache: &Ten
     Ok(0)
 }
 
-pub fn pool_keys_paged(ctx: &Context, cfg: &Config, a: &PoolPagedArgs, ws: Workspace) -> Result<()> {
+/// # Safety
+/// Every tensor's `ptr`, shape and strides must describe memory valid for the whole call:
+/// host memory for the CPU backend, device memory of the context's device for CUDA;
+/// outputs writable and not aliased by anything else in use.
+pub unsafe fn pool_keys_paged(ctx: &Context, cfg: &Config, a: &PoolPagedArgs, ws: Workspace) -> Result<()> {
     check_precision(ctx, cfg)?;
     let p = a.validate(cfg)?;
     check_dtype(ctx, &a.k_cache)?;
@@ -92,7 +107,11 @@ pub fn decode_workspace_size(ctx: &Context, cfg: &Config, q: &Tensor, k_cache: &
     }
 }
 
-pub fn decode(ctx: &Context, cfg: &Config, a: &DecodeArgs, ws: Workspace) -> Result<()> {
+/// # Safety
+/// Every tensor's `ptr`, shape and strides must describe memory valid for the whole call:
+/// host memory for the CPU backend, device memory of the context's device for CUDA;
+/// outputs writable and not aliased by anything else in use.
+pub unsafe fn decode(ctx: &Context, cfg: &Config, a: &DecodeArgs, ws: Workspace) -> Result<()> {
     check_precision(ctx, cfg)?;
     let d = a.validate(cfg)?;
     for t in [Some(&a.q), a.lse.as_ref()].into_iter().flatten() {
@@ -104,7 +123,11 @@ pub fn decode(ctx: &Context, cfg: &Config, a: &DecodeArgs, ws: Workspace) -> Res
     }
 }
 
-pub fn merge_states(ctx: &Context, precision: Precision, a: &MergeArgs) -> Result<()> {
+/// # Safety
+/// Every tensor's `ptr`, shape and strides must describe memory valid for the whole call:
+/// host memory for the CPU backend, device memory of the context's device for CUDA;
+/// outputs writable and not aliased by anything else in use.
+pub unsafe fn merge_states(ctx: &Context, precision: Precision, a: &MergeArgs) -> Result<()> {
     let m = a.validate()?;
     for t in [Some(&a.o), Some(&a.lse_parts), a.lse.as_ref()].into_iter().flatten() {
         check_dtype(ctx, t)?;

@@ -56,7 +56,7 @@ fn fwd(ctx: &Context, cfg: &Config, p: &P64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         lse: Some(view_mut(&mut lse, DType::F64, &p.ss())),
         tau: Some(view_mut(&mut tau, DType::F64, &p.ss())),
     };
-    api::forward(ctx, cfg, &a, Workspace::none()).unwrap();
+    unsafe { api::forward(ctx, cfg, &a, Workspace::none()) }.unwrap();
     (o, lse, tau)
 }
 
@@ -95,7 +95,7 @@ fn check_case(rng: &mut Rng, cfg: Config, g: usize, with_pooled: bool, label: &s
         dv: view_mut(&mut grads[2], DType::F64, &p.ks()),
         d_pooled_k: if with_pooled { Some(view_mut(&mut grads[3], DType::F64, &p.ps())) } else { None },
     };
-    api::backward(&ctx, &cfg, &a, Workspace::none()).unwrap();
+    unsafe { api::backward(&ctx, &cfg, &a, Workspace::none()) }.unwrap();
     let mut worst = 0.0f64;
     let h = 1e-6;
     for (ti, name) in ["q", "k", "v", "pooled"].iter().enumerate() {
@@ -190,12 +190,12 @@ fn backward_is_deterministic_and_workspace_sized() {
         dv: view_mut(&mut g3.dv, DType::F32, &p.k_shape()),
         d_pooled_k: None,
     };
-    api::backward(&ctx, &cfg, &args, ws).unwrap();
+    unsafe { api::backward(&ctx, &cfg, &args, ws) }.unwrap();
     assert!(g3.dq.iter().zip(&g1.dq).all(|(a, b)| a.to_bits() == b.to_bits()));
     // One byte short: refused, outputs untouched.
     let mut g4 = vec![f32::NAN; p.q.len()];
     let args2 = BackwardArgs { dq: view_mut(&mut g4, DType::F32, &p.q_shape()), dk: view_mut(&mut g3.dk, DType::F32, &p.k_shape()), ..args };
-    let e = api::backward(&ctx, &cfg, &args2, Workspace { ptr: ws.ptr, len: need - 1 }).unwrap_err();
+    let e = unsafe { api::backward(&ctx, &cfg, &args2, Workspace { ptr: ws.ptr, len: need - 1 }) }.unwrap_err();
     assert_eq!(e.status(), dashattn::ffi::types::DASHATTN_ERR_WORKSPACE_TOO_SMALL);
     assert!(g4.iter().all(|x| x.is_nan()));
 }

@@ -113,7 +113,7 @@ fn pooled_cache_upkeep_is_incremental() {
             prev_seq_lens: view(&prev, DType::I32, &[p.n]),
             seq_lens: view(&cur, DType::I32, &[p.n]),
         };
-        api::pool_keys_paged(&ctx, &cfg, &args, Workspace::none()).unwrap();
+        unsafe { api::pool_keys_paged(&ctx, &cfg, &args, Workspace::none()) }.unwrap();
     }
     for (a, b) in inc.iter().zip(&full.pooled) {
         assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
@@ -148,7 +148,7 @@ fn merge_states_equals_full_attention() {
         o: view_mut(&mut o, DType::F32, &p.q_shape()),
         lse: Some(view_mut(&mut lse, DType::F32, &[p.n, p.hq, p.lq])),
     };
-    api::merge_states(&ctx, dashattn::Precision::F64, &args).unwrap();
+    unsafe { api::merge_states(&ctx, dashattn::Precision::F64, &args) }.unwrap();
     assert!(rel_l2(&o, &full.o) < 1e-6, "{}", rel_l2(&o, &full.o));
     assert!(max_abs_diff(&lse, &full.lse) < 1e-5);
 }

@@ -227,7 +227,7 @@ fn entmax_selects_a_subset() {
         lse: None,
         tau: None,
     };
-    let st = dashattn::cpu::block_stats(&cfg, &a, &view(&out.tau, dashattn::DType::F32, &[1, 2, 256])).unwrap();
+    let st = unsafe { dashattn::cpu::block_stats(&cfg, &a, &view(&out.tau, dashattn::DType::F32, &[1, 2, 256])) }.unwrap();
     // 2 heads x (sum over rows of complete blocks before the local one).
     let cand: u64 = 2 * (0..256u64).map(|t| t / 16).sum::<u64>();
     assert_eq!(st.candidates, cand);
@@ -236,7 +236,7 @@ fn entmax_selects_a_subset() {
     // alpha = 1 (softmax) selects every candidate.
     let cfg1 = Config { alpha: 1.0, ..cfg };
     let out1 = forward(&cpu(), &cfg1, &p, None, None);
-    let st1 = dashattn::cpu::block_stats(&cfg1, &a, &view(&out1.tau, dashattn::DType::F32, &[1, 2, 256])).unwrap();
+    let st1 = unsafe { dashattn::cpu::block_stats(&cfg1, &a, &view(&out1.tau, dashattn::DType::F32, &[1, 2, 256])) }.unwrap();
     assert_eq!(st1.selected, st1.candidates);
 }
 
@@ -276,7 +276,7 @@ fn packed_outputs_are_accepted_and_overlap_is_refused() {
         dv: viewp(2 * hd),
         d_pooled_k: None,
     };
-    dashattn::api::backward(&cpu(), &cfg, &args, dashattn::Workspace::none()).unwrap();
+    unsafe { dashattn::api::backward(&cpu(), &cfg, &args, dashattn::Workspace::none()) }.unwrap();
     for r in 0..40 {
         for x in 0..hd {
             assert_eq!(packed[r * 3 * hd + x], reference.dq[r * hd + x]);
@@ -286,6 +286,6 @@ fn packed_outputs_are_accepted_and_overlap_is_refused() {
     }
     // dk shifted by one element into dq's rows: refused.
     args.dk = viewp(1);
-    let e = dashattn::api::backward(&cpu(), &cfg, &args, dashattn::Workspace::none()).unwrap_err();
+    let e = unsafe { dashattn::api::backward(&cpu(), &cfg, &args, dashattn::Workspace::none()) }.unwrap_err();
     assert_eq!(e.status(), dashattn::ffi::types::DASHATTN_ERR_INVALID_ARGUMENT, "{e}");
 }

@@ -106,7 +106,7 @@ fn run_case(gpu: &Context, rng: &mut Rng, c: Case) -> [f64; 4] {
         lse: Some(t64_out(&mut lse, &ss)),
         tau: Some(t64_out(&mut tau, &ss)),
     };
-    api::forward(&cpu, &rcfg, &fa, Workspace::none()).unwrap();
+    unsafe { api::forward(&cpu, &rcfg, &fa, Workspace::none()) }.unwrap();
     let mut g = [vec![f64::NAN; q.len()], vec![f64::NAN; k.len()], vec![f64::NAN; v.len()], vec![f64::NAN; pooled.len()]];
     let [g0, g1, g2, g3] = &mut g;
     let ba = BackwardArgs {
@@ -124,7 +124,7 @@ fn run_case(gpu: &Context, rng: &mut Rng, c: Case) -> [f64; 4] {
         dv: t64_out(g2, &ks),
         d_pooled_k: c.pooled.then(|| t64_out(g3, &ps)),
     };
-    api::backward(&cpu, &rcfg, &ba, Workspace::none()).unwrap();
+    unsafe { api::backward(&cpu, &rcfg, &ba, Workspace::none()) }.unwrap();
 
     // GPU backward on the reference forward state (o rounded to the dtype, lse/tau f32).
     let dt = if c.bf { DType::BF16 } else { DType::F16 };
@@ -155,7 +155,7 @@ fn run_case(gpu: &Context, rng: &mut Rng, c: Case) -> [f64; 4] {
             dv: dev_t(&outs[2], dt, &ks),
             d_pooled_k: c.pooled.then(|| dev_t(&outs[3], dt, &ps)),
         };
-        api::backward(gpu, &cfg, &ga, Workspace::none()).unwrap();
+        unsafe { api::backward(gpu, &cfg, &ga, Workspace::none()) }.unwrap();
         outs.iter()
             .zip([qb.len(), kb.len(), vb.len(), pb.len()])
             .map(|(b, n)| {

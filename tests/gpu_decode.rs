@@ -124,7 +124,7 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
             prev_seq_lens: dev_t(&dprev, DType::I32, &[n]),
             seq_lens: dev_t(&dlens, DType::I32, &[n]),
         };
-        api::pool_keys_paged(&gpu, &cfg, &pa, Workspace::none()).unwrap();
+        unsafe { api::pool_keys_paged(&gpu, &cfg, &pa, Workspace::none()) }.unwrap();
         let mut pool_gpu = vec![0u16; c.pages * slots * hkv * d];
         dpool.download(&mut pool_gpu).unwrap();
         let mut pool_cpu = vec![bf16::NAN.to_bits(); pool_gpu.len()];
@@ -135,7 +135,7 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
             prev_seq_lens: host_t(&zeros, DType::I32, &[n]),
             seq_lens: host_t(&c.lens, DType::I32, &[n]),
         };
-        api::pool_keys_paged(&cpu, &cfg, &pc, Workspace::none()).unwrap();
+        unsafe { api::pool_keys_paged(&cpu, &cfg, &pc, Workspace::none()) }.unwrap();
         let written: Vec<usize> = (0..pool_cpu.len()).filter(|&i| !bf16::from_bits(pool_cpu[i]).is_nan()).collect();
         assert!(!written.is_empty());
         for &i in &written {
@@ -160,7 +160,7 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
             o: host_out(&mut o_ref, DType::F64, &qsh),
             lse: Some(host_out(&mut lse_ref, DType::F64, &[n, hq, q_len])),
         };
-        api::decode(&cpu, &rcfg, &ra, Workspace::none()).unwrap();
+        unsafe { api::decode(&cpu, &rcfg, &ra, Workspace::none()) }.unwrap();
         let dq = up(&q);
         let dout = DeviceBuffer::new(dev, q.len() * 2).unwrap();
         let dlse = DeviceBuffer::new(dev, n * hq * q_len * 4).unwrap();
@@ -176,7 +176,7 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
             lse: Some(dev_t(&dlse, DType::F32, &[n, hq, q_len])),
         };
         dout.fill_u32(0x7fc0_7fc0).unwrap();
-        api::decode(&gpu, &cfg, &ga, Workspace::none()).unwrap();
+        unsafe { api::decode(&gpu, &cfg, &ga, Workspace::none()) }.unwrap();
         let mut o_gpu = vec![0u16; q.len()];
         dout.download(&mut o_gpu).unwrap();
         let mut lse_gpu = vec![0f32; n * hq * q_len];
@@ -195,7 +195,7 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
         let mut gctx = Context::new(&Options { backend: DASHATTN_BACKEND_CUDA, ..Options::default() }).unwrap();
         gctx.stream = stream.handle();
         let wsd = Workspace { ptr: ws.ptr as usize, len: need };
-        let graph = stream.capture(|| api::decode(&gctx, &cfg, &ga, wsd)).unwrap();
+        let graph = stream.capture(|| unsafe { api::decode(&gctx, &cfg, &ga, wsd) }).unwrap();
         let lens2: Vec<i32> = c.lens.iter().map(|&l| (l - 7).max(q_len as i32)).collect();
         for lens_now in [&c.lens, &lens2] {
             dlens.upload(lens_now).unwrap();
@@ -205,7 +205,7 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
             let mut og = vec![0u16; q.len()];
             dout.download(&mut og).unwrap();
             // Eager run on the same lengths for comparison.
-            api::decode(&gpu, &cfg, &ga, Workspace::none()).unwrap();
+            unsafe { api::decode(&gpu, &cfg, &ga, Workspace::none()) }.unwrap();
             let mut oe = vec![0u16; q.len()];
             dout.download(&mut oe).unwrap();
             assert_eq!(og, oe, "graph replay differs from an eager run");
@@ -232,7 +232,7 @@ fn gpu_merge_states_matches_cpu() {
         o: host_out(&mut out_cpu, DType::BF16, &[n, l, h, d]),
         lse: Some(host_out(&mut lse_cpu, DType::F32, &[n, h, l])),
     };
-    api::merge_states(&cpu(), Precision::F32, &ma).unwrap();
+    unsafe { api::merge_states(&cpu(), Precision::F32, &ma) }.unwrap();
     let (dop, dl) = (DeviceBuffer::from_slice(dev, &o).unwrap(), DeviceBuffer::from_slice(dev, &lse).unwrap());
     let (dout, dlo) = (DeviceBuffer::new(dev, out_cpu.len() * 2).unwrap(), DeviceBuffer::new(dev, lse_cpu.len() * 4).unwrap());
     let ga = MergeArgs {
@@ -241,7 +241,7 @@ fn gpu_merge_states_matches_cpu() {
         o: dev_t(&dout, DType::BF16, &[n, l, h, d]),
         lse: Some(dev_t(&dlo, DType::F32, &[n, h, l])),
     };
-    api::merge_states(&gpu, Precision::F32, &ga).unwrap();
+    unsafe { api::merge_states(&gpu, Precision::F32, &ga) }.unwrap();
     let mut og = vec![0u16; out_cpu.len()];
     dout.download(&mut og).unwrap();
     let err = rel(&vals(&og), &vals(&out_cpu));
@@ -274,7 +274,7 @@ fn gpu_decode_out_of_range_length_is_empty() {
         prev_seq_lens: dev_t(&dprev, DType::I32, &[n]),
         seq_lens: dev_t(&dlens, DType::I32, &[n]),
     };
-    api::pool_keys_paged(&gpu, &cfg, &pa, Workspace::none()).unwrap();
+    unsafe { api::pool_keys_paged(&gpu, &cfg, &pa, Workspace::none()) }.unwrap();
     let q = bits(&rng.normals(n * hq * d, 1.0));
     let dq = up(&q);
     let (dout, dlse) = (DeviceBuffer::new(dev, q.len() * 2).unwrap(), DeviceBuffer::new(dev, n * hq * 4).unwrap());
@@ -289,11 +289,11 @@ fn gpu_decode_out_of_range_length_is_empty() {
         o: dev_t(&dout, DType::BF16, &[n, 1, hq, d]),
         lse: Some(dev_t(&dlse, DType::F32, &[n, hq, 1])),
     };
-    api::decode(&gpu, &cfg, &ga, Workspace::none()).unwrap();
+    unsafe { api::decode(&gpu, &cfg, &ga, Workspace::none()) }.unwrap();
     let mut good = vec![0u16; q.len()];
     dout.download(&mut good).unwrap();
     dlens.upload(&[1 << 20, 200]).unwrap();
-    api::decode(&gpu, &cfg, &ga, Workspace::none()).unwrap();
+    unsafe { api::decode(&gpu, &cfg, &ga, Workspace::none()) }.unwrap();
     let mut o = vec![0u16; q.len()];
     dout.download(&mut o).unwrap();
     let mut lse = vec![0f32; n * hq];

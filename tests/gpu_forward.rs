@@ -276,7 +276,7 @@ fn cpu_reference(c: &Case, inp: &Inputs) -> Outs {
         lse: Some(w(&mut out.lse, &[c.n, c.hq, c.lq])),
         tau: Some(w(&mut out.tau, &[c.n, c.hq, c.lq])),
     };
-    api::forward(&cpu, &cfg, &args, Workspace::none()).expect("CPU forward");
+    unsafe { api::forward(&cpu, &cfg, &args, Workspace::none()) }.expect("CPU forward");
     out
 }
 
@@ -317,7 +317,7 @@ fn gpu_forward(ctx: &Context, c: &Case, inp: &Inputs) -> Outs {
     let need = api::forward_workspace_size(ctx, &cfg, &args.q, &args.k, &args.v, args.pooled_k.as_ref()).unwrap();
     let ws_buf = c.caller_ws.then(|| DeviceBuffer::new(dev, need).unwrap());
     let ws = ws_buf.as_ref().map_or(Workspace::none(), |b| Workspace { ptr: b.ptr as usize, len: need });
-    api::forward(ctx, &cfg, &args, ws).unwrap_or_else(|e| panic!("{}: GPU forward: {e}", c.name));
+    unsafe { api::forward(ctx, &cfg, &args, ws) }.unwrap_or_else(|e| panic!("{}: GPU forward: {e}", c.name));
     let _g = dashattn::cuda::util::bind(dev).unwrap();
     unsafe {
         let r = cudarc::driver::sys::cuCtxSynchronize();
@@ -534,7 +534,7 @@ fn gpu_forward_graph_capture_replays() {
     dev.prepare().unwrap();
     let stream = Stream::new(dev).unwrap();
     ctx2.stream = stream.handle();
-    let graph = stream.capture(|| api::forward(&ctx2, &cfg, &args, Workspace { ptr: ws.ptr as usize, len: need })).unwrap();
+    let graph = stream.capture(|| unsafe { api::forward(&ctx2, &cfg, &args, Workspace { ptr: ws.ptr as usize, len: need }) }).unwrap();
     for _ in 0..3 {
         d_o.fill_u32(0x7fc0_7fc0).unwrap();
         graph.launch(&stream).unwrap();

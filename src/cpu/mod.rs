@@ -86,7 +86,11 @@ impl BlockStats {
 
 /// Counts candidate, selected and attended blocks of a forward on host tensors (the
 /// achieved sparsity that demos and benchmarks report). `tau` is the forward's output.
-pub fn block_stats(cfg: &Config, a: &ForwardArgs, tau: &Tensor) -> Result<BlockStats> {
+///
+/// # Safety
+/// The tensors of `a` (inputs only; outputs are not read) and `tau` must describe valid
+/// host memory.
+pub unsafe fn block_stats(cfg: &Config, a: &ForwardArgs, tau: &Tensor) -> Result<BlockStats> {
     let dims = a.validate(cfg)?;
     dispatch!(cfg.precision, a.q.dtype, block_stats_impl, (cfg, &dims, a, tau))
 }

@@ -102,7 +102,7 @@ pub unsafe extern "C" fn dashattn_forward(
             lse: opt("lse", lse)?,
             tau: opt("tau", tau)?,
         };
-        api::forward(ctx, &cfg, &args, ws(workspace, workspace_size))
+        unsafe { api::forward(ctx, &cfg, &args, ws(workspace, workspace_size)) }
     })
 }
 
@@ -173,7 +173,7 @@ pub unsafe extern "C" fn dashattn_backward(
             dv: t("dv", dv)?,
             d_pooled_k: opt("d_pooled_k", d_pooled_k)?,
         };
-        api::backward(ctx, &cfg, &args, ws(workspace, workspace_size))
+        unsafe { api::backward(ctx, &cfg, &args, ws(workspace, workspace_size)) }
     })
 }
 
@@ -234,7 +234,7 @@ pub unsafe extern "C" fn dashattn_pool_keys_paged(
             prev_seq_lens: t("prev_seq_lens", prev_seq_lens)?,
             seq_lens: t("seq_lens", seq_lens)?,
         };
-        api::pool_keys_paged(ctx, &cfg, &args, ws(workspace, workspace_size))
+        unsafe { api::pool_keys_paged(ctx, &cfg, &args, ws(workspace, workspace_size)) }
     })
 }
 
@@ -301,7 +301,7 @@ pub unsafe extern "C" fn dashattn_decode(
             o: t("o", o)?,
             lse: opt("lse", lse)?,
         };
-        api::decode(ctx, &cfg, &args, ws(workspace, workspace_size))
+        unsafe { api::decode(ctx, &cfg, &args, ws(workspace, workspace_size)) }
     })
 }
 
@@ -324,6 +324,6 @@ pub unsafe extern "C" fn dashattn_merge_states(
     guard(|| {
         let ctx = context(ctx)?;
         let args = MergeArgs { o_parts: t("o_parts", o_parts)?, lse_parts: t("lse_parts", lse_parts)?, o: t("o", o)?, lse: opt("lse", lse)? };
-        api::merge_states(ctx, Precision::F32, &args)
+        unsafe { api::merge_states(ctx, Precision::F32, &args) }
     })
 }

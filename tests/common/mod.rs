@@ -122,7 +122,7 @@ pub fn forward(ctx: &Context, cfg: &Config, p: &Problem, pooled: Option<&[f32]>,
         lse: Some(view_mut(&mut out.lse, DType::F32, &[p.n, p.hq, p.lq])),
         tau: Some(view_mut(&mut out.tau, DType::F32, &[p.n, p.hq, p.lq])),
     };
-    api::forward(ctx, cfg, &args, Workspace::none()).expect("forward");
+    unsafe { api::forward(ctx, cfg, &args, Workspace::none()) }.expect("forward");
     out
 }
 
@@ -156,7 +156,7 @@ pub fn backward(ctx: &Context, cfg: &Config, p: &Problem, pooled: Option<&[f32]>
         dv: view_mut(&mut g.dv, DType::F32, &p.k_shape()),
         d_pooled_k: g.dpooled.as_mut().map(|x| view_mut(x, DType::F32, &[p.n, nb, p.hkv, p.d])),
     };
-    api::backward(ctx, cfg, &args, Workspace::none()).expect("backward");
+    unsafe { api::backward(ctx, cfg, &args, Workspace::none()) }.expect("backward");
     g
 }
 
@@ -226,7 +226,7 @@ pub fn paged_from(rng: &mut Rng, ctx: &Context, cfg: &Config, p: &Problem, lens:
         prev_seq_lens: view(&prev, DType::I32, &[p.n]),
         seq_lens: view(&pg.seq_lens, DType::I32, &[p.n]),
     };
-    api::pool_keys_paged(ctx, cfg, &args, Workspace::none()).expect("pool_keys_paged");
+    unsafe { api::pool_keys_paged(ctx, cfg, &args, Workspace::none()) }.expect("pool_keys_paged");
     pg
 }
 
@@ -245,7 +245,7 @@ pub fn decode(ctx: &Context, cfg: &Config, p: &Problem, pg: &Paged, q: &[f32], q
         o: view_mut(&mut o, DType::F32, &[p.n, q_len, p.hq, p.d]),
         lse: Some(view_mut(&mut lse, DType::F32, &[p.n, p.hq, q_len])),
     };
-    api::decode(ctx, cfg, &args, Workspace::none()).expect("decode");
+    unsafe { api::decode(ctx, cfg, &args, Workspace::none()) }.expect("decode");
     (o, lse)
 }
 
