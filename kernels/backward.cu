@@ -1,314 +1,1021 @@
-// DashAttention backward (SPEC 4), CUDA. Correctness-first version ("v1"):
-//   dash_bwd_prep : D_r = <dO, o> per (row, head).
-//   dash_bwd_dq   : one CTA per (sequence, KV head, query row): recomputes the selection,
-//                   accumulates dq (fine part + entmax/prior part) and stores, per row and
-//                   selection unit, c_r = sum_j s_j H_j / sum_j s_j for dash_bwd_dkv.
-//   dash_bwd_dkv  : one CTA per (sequence, KV head, key block j): owns dk, dv of the block's
-//                   keys and d kbar_j; walks the query rows, keeps those that attend block j
-//                   (local, or selected: x_j > 0 with the saved tau). No atomics: every
-//                   accumulator has one owner, so results are bitwise deterministic.
-// The pooled keys come from the forward's pool kernel (fp32 workspace [N, Hkv, nb, D]).
-// All math in fp32. Offsets are 64-bit.
-
+// DashAttention backward (SPEC 4) for bf16 / fp16 inputs, sm_80+. Kernels v2:
+// tensor-core (mma.sync m16n8k16) tiles, sparse in both directions, no atomics on
+// gradients (bitwise deterministic run to run).
+//
 // Self-contained (no headers) so NVRTC compiles it without an include path.
-typedef long long i64;
+//
+// Launch order, all on the caller's stream (src/cuda/backward.rs):
+//  0. dash_pool_*      (kernels/forward.cu): kbar [N, Hkv, nb, D] fp32, the forward's values.
+//  1. dash_bwd_prep_*  : D_r = <dO_r, o_r> per (sequence, head, row) -> drow.
+//  2. dash_bwd_dq_*    : one CTA per (query tile, KV head, sequence); the tile is the
+//                        forward's: 64 "M-rows" = (row, head-of-group) pairs, 4 warps x 16.
+//                        a) scan: coarse score z_j of every candidate block (mma with kbar
+//                           split into hi + lo parts), the exact per-row selection from the
+//                           saved tau, the tile's union bitmask (selected + local blocks)
+//                           -> mask; and per row W = sum_j s_j kbar_j, S = sum_j s_j.
+//                        b) fine: over the union's key chunks: S = Q K^T, P (with prior),
+//                           dP = dO V^T, dS = P (dP - D), dq += dS K; per selected block
+//                           H_j = sum_i exp(sigma qk_i - lse) (dP_i - D) (no division by p_j),
+//                           dq += (sigma_c / hpu) s_j H_j kbar_j; at the end
+//                           c = sum_j s_j H_j / S (-> crow) and dq -= (sigma_c / hpu) c W.
+//  3. dash_bwd_transpose: mask [tile][block words] -> maskt [block][tile words] (ballots),
+//                        i.e. per key block the list of query tiles that attend it.
+//  4. dash_bwd_dkv_*   : one CTA per (key block, KV head, sequence) owns dK, dV of the
+//                        block's keys and d kbar_j; it visits only the tiles of maskt[j]:
+//                        S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q (mma),
+//                        H_j per row, d kbar_j += (sigma_c / hpu) s_j (H_j - c) q_unit.
+//                        Mean pooling backward folds d kbar_j / |block| into dK (or writes
+//                        d pooled keys when the caller gave pooled keys).
+// Every accumulator has one owner, so results do not depend on scheduling.
+
 typedef unsigned short u16;
 typedef unsigned int u32;
-#define DA_INF (__int_as_float(0x7f800000))
+typedef long long i64;
 
-// 16-bit storage types; conversions through PTX cvt (sm_80+).
-struct f16_t { u16 x; };
-struct bf16_t { u16 x; };
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(f16_t h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.x)); return f; }
-__device__ __forceinline__ float to_f(bf16_t b) { return __int_as_float(((u32)b.x) << 16); }
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ f16_t from_f<f16_t>(float x) { f16_t h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.x) : "f"(x)); return h; }
-template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float x) { bf16_t h; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h.x) : "f"(x)); return h; }
+#define DA_NEG_INF (__int_as_float(0xff800000))
+#define DA_POS_INF (__int_as_float(0x7f800000))
+#define DA_LOG2E 1.4426950408889634f
 
-// Element strides of a [N, L, H, D] tensor (D contiguous).
-struct Strides4 {
-    i64 n, l, h;
-};
-// Element strides of a [N, H, L] statistics tensor.
-struct Strides3 {
-    i64 n, h, l;
-};
-
+// Must match src/cuda/backward.rs `BwdParams` field for field (#[repr(C)]).
 struct BwdParams {
-    const void *q, *k, *v, *o, *dout;
-    const float *lse, *tau;
-    const float *kbar;         // [N, Hkv, nb, D] fp32 (workspace)
-    const float *head_alpha;   // [Hq] or null
-    void *dq, *dk, *dv, *dpooled;  // dpooled null unless caller passed pooled keys
-    float *drow;               // [N, Hq, Lq] workspace
-    float *crow;               // [N, Hq, Lq] workspace
-    Strides4 sq, sk, sv, so, sdo, sdq, sdk, sdv, sdp;
-    Strides3 slse, stau;
-    i64 ha_stride;
-    int n, lq, lk, hq, hkv, d, bs, nb, n_local, causal, per_head, group;
-    float alpha, sigma, sigma_c;
+    const u16 *q, *k, *v, *o, *dout;
+    const float *lse, *tau;   // caller's forward state, [N, Hq, Lq] strided
+    const float *kbar;        // ws [N, Hkv, nb, D] fp32
+    const float *alpha;       // head alpha [Hq] or null
+    u16 *dq, *dk, *dv, *dpooled;  // dpooled: null unless the caller passed pooled keys
+    float *drow;              // ws [N, Hq, Lq]
+    float *crow;              // ws [N, Hq, Lq]
+    u32 *mask;                // ws [N, Hkv, ntiles, nbw]
+    u32 *maskt;               // ws [N, Hkv, nb, ntw]
+    i64 q_sn, q_sl, q_sh;
+    i64 k_sn, k_sl, k_sh;
+    i64 v_sn, v_sl, v_sh;
+    i64 o_sn, o_sl, o_sh;
+    i64 do_sn, do_sl, do_sh;
+    i64 dq_sn, dq_sl, dq_sh;
+    i64 dk_sn, dk_sl, dk_sh;
+    i64 dv_sn, dv_sl, dv_sh;
+    i64 dp_sn, dp_sb, dp_sh;
+    i64 lse_sn, lse_sh, lse_sl;
+    i64 tau_sn, tau_sh, tau_sl;
+    i64 alpha_s;
+    int N, Lq, Lk, Hq, Hkv, G, D, nb, nbw, ntiles, ntw;
+    int bs, bs_log2, n_local, causal, per_head, rows_per_warp, rows_per_tile, aligned16, pad0;
+    float alpha_default, scale, coarse_scale, pad;
 };
-// Must match src/cuda/backward.rs `BwdParams` (#[repr(C)]).
-static_assert(sizeof(BwdParams) == 456, "BwdParams layout");
+static_assert(sizeof(BwdParams) == 504, "BwdParams layout");
 
-__device__ __forceinline__ float block_sum(float v, float *red) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    float t = 0.f;
-    for (int w = 0; w < nw; ++w) t += red[w];
-    __syncthreads();
-    return t;
+// ---------------------------------------------------------------------------------------
+// helpers (the same PTX idioms as kernels/forward.cu; each file compiles standalone)
+
+__device__ __forceinline__ float bf16_to_f32(u16 x) { return __uint_as_float(((u32)x) << 16); }
+__device__ __forceinline__ float f16_to_f32(u16 x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
+    return f;
+}
+template <bool BF16> __device__ __forceinline__ float to_f32(u16 x) { return BF16 ? bf16_to_f32(x) : f16_to_f32(x); }
+template <bool BF16> __device__ __forceinline__ u32 pack2(float lo, float hi) {
+    u32 r;
+    if (BF16) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <bool BF16> __device__ __forceinline__ float lo_f32(u32 x) { return to_f32<BF16>((u16)(x & 0xffffu)); }
+template <bool BF16> __device__ __forceinline__ float hi_f32(u32 x) { return to_f32<BF16>((u16)(x >> 16)); }
+
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    u32 r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+__device__ __forceinline__ void ldsm_x4(u32* r, u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(u32* r, u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+template <bool BF16> __device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1) {
+    if (BF16) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+// 16 bytes global -> shared; unaligned rows take a synchronous 2-byte path; invalid zero-fills.
+__device__ __forceinline__ void load16(u16* dst, const u16* src, bool valid, bool aligned) {
+    if (aligned) {
+        cp_async16(smem_u32(dst), src, valid ? 16 : 0);
+    } else {
+        u32 w[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u32 lo = valid ? (u32)src[2 * i] : 0u;
+            u32 hi = valid ? (u32)src[2 * i + 1] : 0u;
+            w[i] = lo | (hi << 16);
+        }
+        *(uint4*)dst = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+}
+__device__ __forceinline__ float frcp(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ int small_div(int a, int b) { return (int)(((float)a + 0.5f) * frcp((float)b)); }
+template <int D> __device__ __forceinline__ int swz(int row, int chunk) { return row * D + ((chunk ^ (row & 7)) << 3); }
+
+__device__ __forceinline__ float unit_alpha(const BwdParams& p, int h) {
+    float a = p.alpha ? p.alpha[(i64)h * p.alpha_s] : p.alpha_default;
+    return fminf(fmaxf(a, 1.0f), 2.0f);  // NaN -> 1, as the forward
 }
 
-// Clamped to [1, 2] (NaN -> 1) exactly as the forward does: device values cannot be
-// validated on the host, and forward and backward must compute the same function.
-__device__ __forceinline__ float unit_alpha(const BwdParams &p, int h0) {
-    return fminf(fmaxf(p.head_alpha ? p.head_alpha[(i64)h0 * p.ha_stride] : p.alpha, 1.f), 2.f);
-}
-
-// Candidate / local classification of block j for position t (SPEC 3.2).
-// Returns 0: not attended by geometry, 1: local, 2: candidate.
-__device__ __forceinline__ int block_kind(const BwdParams &p, i64 t, int j) {
-    i64 c = t >= 0 ? t / p.bs : -((-t + p.bs - 1) / p.bs);
+// Block kind for position t (SPEC 3.2): 0 not attended (geometry), 1 local, 2 candidate.
+__device__ __forceinline__ int block_kind(const BwdParams& p, int t, int j) {
+    int c = t >> p.bs_log2;  // floor division (arithmetic shift) for negative t too
     if (p.causal) {
         if (t < 0 || j > c) return 0;
-        if (j > c - p.n_local) return 1;
-        return 2;
+        return j > c - p.n_local ? 1 : 2;
     }
-    i64 dj = j - c;
-    if (dj < 0) dj = -dj;
-    return dj < p.n_local ? 1 : 2;
+    int dj = j - c;
+    return (dj < 0 ? -dj : dj) < p.n_local ? 1 : 2;
 }
 
-// beta_j (log prior) and s_j (entmax Jacobian weight) from z and tau; false when not selected.
-__device__ __forceinline__ bool prior(float z, float tau, float alpha, float *beta, float *s) {
-    if (alpha <= 1.f) {
-        *beta = z - tau;
-        *s = __expf(z - tau);
+// One M-row of a query tile (the forward's layout): warp w = m / 16, mi = m % 16 is the
+// (row w * RW + mi / G, head mi % G) pair; valid when mi < RW * G and the row exists.
+struct MRow {
+    int r, h, t, mbase;
+    bool valid;
+};
+__device__ __forceinline__ MRow mrow(const BwdParams& p, int tile, int hk, int m) {
+    MRow x;
+    int w = m >> 4, mi = m & 15;
+    int mg = small_div(mi, p.G);
+    int g = mi - mg * p.G;
+    x.r = tile * p.rows_per_tile + w * p.rows_per_warp + mg;
+    x.valid = mi < p.rows_per_warp * p.G && x.r < p.Lq;
+    x.t = p.Lk - p.Lq + x.r;
+    x.h = hk * p.G + g;
+    x.mbase = m - g;
+    return x;
+}
+
+// Per-row selection constants: alpha of the row's selection unit.
+struct Sel {
+    float tau, am1, inv, sexp;  // sexp = (2 - alpha) / (alpha - 1)
+    int kind;                   // 0: alpha = 1 (softmax), 1: 1 < alpha < 2, 2: alpha = 2, 3: alpha = 1.5
+};
+__device__ __forceinline__ Sel make_sel(float alpha, float tau) {
+    Sel s;
+    s.tau = tau;
+    s.am1 = alpha - 1.f;
+    s.inv = alpha <= 1.f ? 1.f : frcp(alpha - 1.f);
+    s.sexp = (2.f - alpha) * s.inv;
+    s.kind = alpha <= 1.f ? 0 : (alpha >= 2.f ? 2 : (alpha == 1.5f ? 3 : 1));
+    return s;
+}
+// Log2-domain prior beta2 and Jacobian weight s of a candidate block with coarse score z;
+// false when the block is not selected (x <= 0).
+__device__ __forceinline__ bool prior(const Sel& s, float z, float& beta2, float& w) {
+    if (s.kind == 0) {
+        beta2 = (z - s.tau) * DA_LOG2E;
+        w = ex2(beta2);
         return true;
     }
-    float x = (alpha - 1.f) * z - tau;
+    float x = s.am1 * z - s.tau;
     if (!(x > 0.f)) return false;
-    *beta = __logf(x) / (alpha - 1.f);
-    *s = alpha >= 2.f ? 1.f : __powf(x, (2.f - alpha) / (alpha - 1.f));
+    float l2 = __log2f(x);
+    beta2 = l2 * s.inv;
+    w = s.kind == 2 ? 1.f : (s.kind == 3 ? x : ex2(l2 * s.sexp));
     return true;
 }
 
-template <typename T>
-__device__ __forceinline__ void dash_bwd_prep(const BwdParams &p) {
-    // grid (lq, hq, n), 32 threads
-    int r = blockIdx.x, h = blockIdx.y, n = blockIdx.z;
-    const T *o = (const T *)p.o + n * p.so.n + r * p.so.l + h * p.so.h;
-    const T *dO = (const T *)p.dout + n * p.sdo.n + r * p.sdo.l + h * p.sdo.h;
+// Coarse dot products of a warp's 16 M-rows (rows m0 .. m0 + 15 of the swizzled tile sQ,
+// loaded as A fragments) with 4 pooled keys staged in
+// shared memory (kb4 = 4 x D fp32, slot-major). Column 2b + 0 holds the bf16/f16 "hi" part
+// of key b, column 2b + 1 the "lo" residual, so hi + lo is fp32-accurate. On return
+// zc[0] + zc[1] is <q_A, kbar_slot> and zc[2] + zc[3] is <q_B, kbar_slot> with A = lane / 4,
+// B = A + 8, slot = lane % 4. Every use in this file goes through this function, so the
+// dq and dkv kernels make bitwise-identical selection decisions.
+template <bool BF16, int D> __device__ __forceinline__ void zdot4(const u16* sQ, int m0, const float* kb4, float* zc) {
+    const int lane = threadIdx.x & 31;
+    const int col = lane >> 2;
+    const float* kb = kb4 + (col >> 1) * D;
+    zc[0] = zc[1] = zc[2] = zc[3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        int k0 = kk * 16 + (lane & 3) * 2;
+        float x0 = kb[k0], x1 = kb[k0 + 1], x8 = kb[k0 + 8], x9 = kb[k0 + 9];
+        u32 h0 = pack2<BF16>(x0, x1), h1 = pack2<BF16>(x8, x9);
+        u32 b0 = h0, b1 = h1;
+        if (col & 1) {
+            b0 = pack2<BF16>(x0 - lo_f32<BF16>(h0), x1 - hi_f32<BF16>(h0));
+            b1 = pack2<BF16>(x8 - lo_f32<BF16>(h1), x9 - hi_f32<BF16>(h1));
+        }
+        u32 a[4];
+        ldsm_x4(a, smem_u32(sQ + swz<D>(m0 + (lane & 15), kk * 2 + (lane >> 4))));
+        mma16816<BF16>(zc, a, b0, b1);
+    }
+}
+
+// Unit coarse score of M-row `mi` (0..15 within the warp) for slot `slot` from the warp's
+// per-head partial scores zs[16][4]: the group mean for per-group selection (same order
+// and operations as kernels/forward.cu's fine stage), times sigma_c.
+// mb = the warp-local index of the group's first M-row.
+__device__ __forceinline__ float unit_z(const BwdParams& p, const float* zs, int mi, int mb, int slot) {
+    float dz;
+    if (p.per_head) dz = zs[mi * 4 + slot];
+    else {
+        dz = 0.f;
+        for (int g = 0; g < p.G; g++) dz += zs[(mb + g) * 4 + slot];
+        dz *= frcp((float)p.G);
+    }
+    return dz * p.coarse_scale;
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. D_r = <dO_r, o_r>: one warp per (row, head); grid (ceil(Lq * Hq / 8), N), 256 threads.
+
+template <bool BF16> __device__ void prep_impl(const BwdParams& p) {
+    const int n = blockIdx.y, lane = threadIdx.x & 31;
+    const i64 idx = (i64)blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (idx >= (i64)p.Lq * p.Hq) return;
+    const int r = (int)(idx / p.Hq), h = (int)(idx % p.Hq);
+    const u16* o = p.o + (i64)n * p.o_sn + (i64)r * p.o_sl + (i64)h * p.o_sh;
+    const u16* d = p.dout + (i64)n * p.do_sn + (i64)r * p.do_sl + (i64)h * p.do_sh;
     float acc = 0.f;
-    for (int x = threadIdx.x; x < p.d; x += 32) acc += to_f(o[x]) * to_f(dO[x]);
+    for (int x = lane; x < p.D; x += 32) acc += to_f32<BF16>(o[x]) * to_f32<BF16>(d[x]);
+#pragma unroll
     for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
-    if (threadIdx.x == 0) p.drow[((i64)n * p.hq + h) * p.lq + r] = acc;
+    if (lane == 0) p.drow[((i64)n * p.Hq + h) * p.Lq + r] = acc;
 }
+extern "C" __global__ void __launch_bounds__(256) dash_bwd_prep_bf16(BwdParams p) { prep_impl<true>(p); }
+extern "C" __global__ void __launch_bounds__(256) dash_bwd_prep_f16(BwdParams p) { prep_impl<false>(p); }
 
-// Dynamic shared memory layout of dash_bwd_dq (floats):
-//   qs[G*D], dos[G*D], dq[G*D], U[D], W[D], z[nb], dl[bs], red[32]
-template <typename T>
-__device__ __forceinline__ void dash_bwd_dq(const BwdParams &p) {
-    extern __shared__ float sm[];
-    const int r = blockIdx.x, hk = blockIdx.y, n = blockIdx.z;
-    const int G = p.group, D = p.d;
-    float *qs = sm, *dos = qs + G * D, *dqs = dos + G * D, *U = dqs + G * D, *W = U + D, *z = W + D;
-    float *dl = z + p.nb, *red = dl + p.bs;
-    const i64 t = (i64)p.lk - p.lq + r;
-    for (int e = threadIdx.x; e < G * D; e += blockDim.x) {
-        int g = e / D, x = e % D, h = hk * G + g;
-        qs[e] = to_f(((const T *)p.q)[n * p.sq.n + r * p.sq.l + h * p.sq.h + x]);
-        dos[e] = to_f(((const T *)p.dout)[n * p.sdo.n + r * p.sdo.l + h * p.sdo.h + x]);
-        dqs[e] = 0.f;
-    }
-    __syncthreads();
+// ---------------------------------------------------------------------------------------
+// 2. dq: grid (ntiles, Hkv, N), 128 threads. Shared memory (bytes):
+//    sQ,sO 64 x D x 2 each (Q, dO tiles)
+//    sW    64 x (D + 4) x 4 (W per M-row)
+//    sK,sV 2 x BN x D x 2 each
+//    sKb   2 x 4 x D fp32  (pooled keys: 4 slots per buffer)
+//    sZ    4 warps x 16 x 4 fp32, sH 4 x 16 fp32
+//    sMask nbw u32
+
+template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) {
+    constexpr int KST = D / 16, NTS = BN / 8, NTO = D / 8, CH = D / 8;
+    constexpr int WS = D + 4;  // row stride of W (fp32)
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    u16* sQ = (u16*)smem_raw;                 // 64 x D
+    u16* sO = sQ + 64 * D;                    // 64 x D (dO)
+    float* sW = (float*)(sO + 64 * D);        // 64 x WS
+    u16* sK = (u16*)(sW + 64 * WS);           // 2 x BN x D
+    u16* sV = sK + 2 * BN * D;                // 2 x BN x D
+    float* sKb = (float*)(sV + 2 * BN * D);   // 2 x 4 x D
+    float* sZ = sKb + 8 * D;                  // 4 x 64
+    float* sH = sZ + 4 * 64;                  // 4 x 16
+    u32* sMask = (u32*)(sH + 64);             // nbw
+
+    const int tile = gridDim.x - 1 - blockIdx.x;  // heavy (late causal) tiles first
+    const int hk = blockIdx.y, n = blockIdx.z;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int G = p.G, RT = p.rows_per_tile;
+    const bool aligned = p.aligned16 != 0;
+    const int r0 = tile * RT;
+    const int rlast = min(r0 + RT, p.Lq) - 1;
+    const int tmax = p.Lk - p.Lq + rlast, tmin = p.Lk - p.Lq + r0;
     const int hpu = p.per_head ? 1 : G;
-    const float *kbar = p.kbar + ((i64)n * p.hkv + hk) * p.nb * D;
-    for (int h0 = 0; h0 < G; h0 += hpu) {
-        const int hq0 = hk * G + h0;
-        const float alpha = unit_alpha(p, hq0);
-        const float tau = p.tau[n * p.stau.n + hq0 * p.stau.h + r * p.stau.l];
-        // Coarse scores of the candidate blocks (0 for others; kind recomputed below).
-        for (int j = threadIdx.x; j < p.nb; j += blockDim.x) {
-            float acc = 0.f;
-            if (block_kind(p, t, j) == 2) {
-                for (int g = h0; g < h0 + hpu; ++g)
-                    for (int x = 0; x < D; ++x) acc += qs[g * D + x] * kbar[(i64)j * D + x];
-                acc *= p.sigma_c / hpu;
-            }
-            z[j] = acc;
+    const float* kbar_h = p.kbar + ((i64)n * p.Hkv + hk) * p.nb * D;
+    float* zs = sZ + warp * 64;
+    float* hs = sH + warp * 16;
+
+    for (int i = tid; i < p.nbw; i += 128) sMask[i] = 0u;
+    for (int i = tid; i < 8 * D; i += 128) sKb[i] = 0.f;
+
+    // Q and dO tiles
+    for (int idx = tid; idx < 64 * CH; idx += 128) {
+        int m = idx / CH, c = idx % CH;
+        MRow x = mrow(p, tile, hk, m);
+        int rr = x.valid ? x.r : 0;
+        load16(sQ + swz<D>(m, c), p.q + (i64)n * p.q_sn + (i64)rr * p.q_sl + (i64)x.h * p.q_sh + c * 8, x.valid, aligned);
+        load16(sO + swz<D>(m, c), p.dout + (i64)n * p.do_sn + (i64)rr * p.do_sl + (i64)x.h * p.do_sh + c * 8, x.valid, aligned);
+    }
+    cp_commit();
+
+    // per-row state: rows A = lane / 4, B = A + 8 of this warp
+    MRow rx[2];  // rx.valid: the M-row exists (its dq is written)
+    bool live[2];  // ... and attends at least one key (finite lse)
+    Sel sel[2];
+    float lse2[2], Dm[2];
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        rx[x] = mrow(p, tile, hk, warp * 16 + (lane >> 2) + 8 * x);
+        float lse = DA_NEG_INF, tau = 0.f, dr = 0.f;
+        int h0 = p.per_head ? rx[x].h : hk * G;
+        if (rx[x].valid) {
+            lse = p.lse[(i64)n * p.lse_sn + (i64)rx[x].h * p.lse_sh + (i64)rx[x].r * p.lse_sl];
+            tau = p.tau[(i64)n * p.tau_sn + (i64)h0 * p.tau_sh + (i64)rx[x].r * p.tau_sl];
+            dr = p.drow[((i64)n * p.Hq + rx[x].h) * p.Lq + rx[x].r];
         }
-        for (int x = threadIdx.x; x < D; x += blockDim.x) U[x] = W[x] = 0.f;
-        __syncthreads();
-        float S = 0.f, SH = 0.f;  // uniform across threads (computed from block sums)
-        for (int j = 0; j < p.nb; ++j) {
-            int kind = block_kind(p, t, j);
-            if (kind == 0) continue;
-            float beta = 0.f, s = 0.f;
-            if (kind == 2 && !prior(z[j], tau, alpha, &beta, &s)) continue;
-            float H = 0.f;
-            int i0 = j * p.bs, i1 = min((j + 1) * p.bs, p.lk);
-            if (p.causal) i1 = (int)min((i64)i1, t + 1);
-            for (int g = h0; g < h0 + hpu; ++g) {
-                const int h = hk * G + g;
-                const float lse = p.lse[n * p.slse.n + h * p.slse.h + r * p.slse.l];
-                if (lse == -DA_INF) continue;
-                const float Dr = p.drow[((i64)n * p.hq + h) * p.lq + r];
-                float hpart = 0.f;
-                for (int i = i0 + threadIdx.x; i < i0 + p.bs; i += blockDim.x) {
-                    float dli = 0.f;
-                    if (i < i1) {
-                        const T *kr = (const T *)p.k + n * p.sk.n + i * p.sk.l + hk * p.sk.h;
-                        const T *vr = (const T *)p.v + n * p.sv.n + i * p.sv.l + hk * p.sv.h;
-                        float qk = 0.f, dv = 0.f;
-                        for (int x = 0; x < D; ++x) {
-                            qk += qs[g * D + x] * to_f(kr[x]);
-                            dv += dos[g * D + x] * to_f(vr[x]);
-                        }
-                        float raw = p.sigma * qk;
-                        float pr = __expf(raw + beta - lse);
-                        dli = pr * (dv - Dr);
-                        if (kind == 2) hpart += __expf(raw - lse) * (dv - Dr);
+        live[x] = rx[x].valid && lse > DA_NEG_INF;
+        lse2[x] = live[x] ? lse * DA_LOG2E : DA_POS_INF;
+        Dm[x] = live[x] ? dr : 0.f;
+        sel[x] = make_sel(unit_alpha(p, h0), tau);
+    }
+
+    cp_wait<0>();
+    __syncthreads();
+    // Q and dO fragments are read from shared memory per use (registers go to dq)
+
+    // ---- a) scan the candidate blocks: selection, union mask, W and S per row
+    int jend = p.nb;
+    if (p.causal) jend = tmax < 0 ? 0 : min(p.nb, max(0, (tmax >> p.bs_log2) - p.n_local + 1));
+    // W lives in shared memory at this thread's own fragment positions (no sharing):
+    // rows A / B of the warp, columns nt * 8 + (lane % 4) * 2 + {0, 1}
+    float* wA = sW + (warp * 16 + (lane >> 2)) * WS + (lane & 3) * 2;
+    float* wB = wA + 8 * WS;
+#pragma unroll
+    for (int nt = 0; nt < NTO; nt++) {
+        *(float2*)(wA + nt * 8) = make_float2(0.f, 0.f);
+        *(float2*)(wB + nt * 8) = make_float2(0.f, 0.f);
+    }
+    float Ssum[2] = {0.f, 0.f};
+    {
+        const int ngrp = (jend + 3) >> 2;
+        auto stage = [&](int grp, int buf) {
+            // 4 x D floats = D float4 chunks; 128 threads
+            for (int i = tid; i < D; i += 128) {
+                int slot = i / (D / 4), c4 = i % (D / 4);
+                int j = grp * 4 + slot;
+                const float* src = kbar_h + (i64)min(j, p.nb - 1) * D + c4 * 4;
+                cp_async16(smem_u32(sKb + buf * 4 * D + slot * D + c4 * 4), src, j < jend ? 16 : 0);
+            }
+        };
+        if (ngrp > 0) stage(0, 0);
+        cp_commit();
+        for (int grp = 0; grp < ngrp; grp++) {
+            const int buf = grp & 1;
+            if (grp + 1 < ngrp) {
+                stage(grp + 1, buf ^ 1);
+                cp_commit();
+                cp_wait<1>();
+            } else {
+                cp_wait<0>();
+            }
+            __syncthreads();
+            const float* kb4 = sKb + buf * 4 * D;
+            float zc[4];
+            zdot4<BF16, D>(sQ, warp * 16, kb4, zc);
+            zs[(lane >> 2) * 4 + (lane & 3)] = zc[0] + zc[1];
+            zs[((lane >> 2) + 8) * 4 + (lane & 3)] = zc[2] + zc[3];
+            __syncwarp();
+            const int j = grp * 4 + (lane & 3);
+            float sx[2];
+#pragma unroll
+            for (int x = 0; x < 2; x++) {
+                sx[x] = 0.f;
+                if (!live[x] || j >= jend || block_kind(p, rx[x].t, j) != 2) continue;
+                int mi = (lane >> 2) + 8 * x;
+                float z = unit_z(p, zs, mi, rx[x].mbase & 15, lane & 3);
+                float b2, w;
+                if (prior(sel[x], z, b2, w)) {
+                    sx[x] = w;
+                    atomicOr(&sMask[j >> 5], 1u << (j & 31));
+                }
+            }
+            Ssum[0] += sx[0];
+            Ssum[1] += sx[1];
+            if (__any_sync(0xffffffffu, sx[0] > 0.f || sx[1] > 0.f)) {
+#pragma unroll
+                for (int b = 0; b < 4; b++) {
+                    float sA = __shfl_sync(0xffffffffu, sx[0], (lane & ~3) | b);
+                    float sB = __shfl_sync(0xffffffffu, sx[1], (lane & ~3) | b);
+                    if (!__any_sync(0xffffffffu, sA > 0.f || sB > 0.f)) continue;
+                    const float* kb = kb4 + b * D + (lane & 3) * 2;
+#pragma unroll 4
+                    for (int nt = 0; nt < NTO; nt++) {
+                        float2 kv = *(const float2*)(kb + nt * 8);
+                        float2 a = *(float2*)(wA + nt * 8), c = *(float2*)(wB + nt * 8);
+                        *(float2*)(wA + nt * 8) = make_float2(a.x + sA * kv.x, a.y + sA * kv.y);
+                        *(float2*)(wB + nt * 8) = make_float2(c.x + sB * kv.x, c.y + sB * kv.y);
                     }
-                    dl[i - i0] = dli;
-                }
-                __syncthreads();
-                for (int x = threadIdx.x; x < D; x += blockDim.x) {
-                    float acc = 0.f;
-                    for (int i = i0; i < i1; ++i)
-                        acc += dl[i - i0] * to_f(((const T *)p.k)[n * p.sk.n + i * p.sk.l + hk * p.sk.h + x]);
-                    dqs[g * D + x] += p.sigma * acc;
-                }
-                if (kind == 2) H += block_sum(hpart, red);
-                __syncthreads();
-            }
-            if (kind == 2) {
-                S += s;
-                SH += s * H;
-                for (int x = threadIdx.x; x < D; x += blockDim.x) {
-                    U[x] += s * H * kbar[(i64)j * D + x];
-                    W[x] += s * kbar[(i64)j * D + x];
                 }
             }
+            __syncwarp();
+            __syncthreads();  // sKb[buf] is restaged two groups later
         }
-        __syncthreads();
-        const float c = S > 0.f ? SH / S : 0.f;
-        const float w = p.sigma_c / hpu;
-        for (int e = threadIdx.x; e < hpu * D; e += blockDim.x) {
-            int g = h0 + e / D, x = e % D;
-            dqs[g * D + x] += w * (U[x] - c * W[x]);
+    }
+    // S is a per-unit sum: the quad's 4 lanes hold the 4 slots' parts
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        Ssum[x] += __shfl_xor_sync(0xffffffffu, Ssum[x], 1);
+        Ssum[x] += __shfl_xor_sync(0xffffffffu, Ssum[x], 2);
+    }
+    // local blocks of the tile's rows
+    if (tid == 0) {
+        int lo = 0, hi = -1;
+        if (!p.causal) {
+            lo = max(0, (tmin >> p.bs_log2) - p.n_local + 1);
+            hi = min(p.nb - 1, (tmax >> p.bs_log2) + p.n_local - 1);
+        } else if (tmax >= 0) {
+            lo = max(0, (max(tmin, 0) >> p.bs_log2) - p.n_local + 1);
+            hi = min(p.nb - 1, tmax >> p.bs_log2);
         }
-        if (threadIdx.x < hpu) p.crow[((i64)n * p.hq + hq0 + threadIdx.x) * p.lq + r] = c;
-        __syncthreads();
+        for (int j = lo; j <= hi; j++) sMask[j >> 5] |= 1u << (j & 31);
     }
-    for (int e = threadIdx.x; e < G * D; e += blockDim.x) {
-        int g = e / D, x = e % D, h = hk * G + g;
-        ((T *)p.dq)[n * p.sdq.n + r * p.sdq.l + h * p.sdq.h + x] = from_f<T>(dqs[e]);
-    }
-}
-
-// Dynamic shared memory of dash_bwd_dkv (floats):
-//   dk[bs*D], dv[bs*D], qs[G*D], dos[G*D], dkbar[D], red[32]
-template <typename T>
-__device__ __forceinline__ void dash_bwd_dkv(const BwdParams &p) {
-    extern __shared__ float sm[];
-    const int j = blockIdx.x, hk = blockIdx.y, n = blockIdx.z;
-    const int G = p.group, D = p.d, bs = p.bs;
-    float *dks = sm, *dvs = dks + bs * D, *qs = dvs + bs * D, *dos = qs + G * D, *dkbar = dos + G * D, *red = dkbar + D;
-    for (int e = threadIdx.x; e < bs * D; e += blockDim.x) dks[e] = dvs[e] = 0.f;
-    for (int x = threadIdx.x; x < D; x += blockDim.x) dkbar[x] = 0.f;
-    const int i = j * bs + threadIdx.x;  // this thread's key (threads >= bs idle in key work)
-    const bool own = threadIdx.x < bs && i < p.lk;
-    const int hpu = p.per_head ? 1 : G;
-    const float *kb = p.kbar + (((i64)n * p.hkv + hk) * p.nb + j) * D;
-    // Rows that can attend block j: causal needs t >= j*bs.
-    int r0 = 0;
-    if (p.causal) r0 = (int)max((i64)0, (i64)j * bs - ((i64)p.lk - p.lq));
     __syncthreads();
-    for (int r = r0; r < p.lq; ++r) {
-        const i64 t = (i64)p.lk - p.lq + r;
-        const int kind = block_kind(p, t, j);
-        if (kind == 0) continue;
-        for (int e = threadIdx.x; e < G * D; e += blockDim.x) {
-            int g = e / D, x = e % D, h = hk * G + g;
-            qs[e] = to_f(((const T *)p.q)[n * p.sq.n + r * p.sq.l + h * p.sq.h + x]);
-            dos[e] = to_f(((const T *)p.dout)[n * p.sdo.n + r * p.sdo.l + h * p.sdo.h + x]);
+    {
+        u32* gmask = p.mask + (((i64)n * p.Hkv + hk) * p.ntiles + tile) * p.nbw;
+        for (int i = tid; i < p.nbw; i += 128) gmask[i] = sMask[i];
+    }
+
+    // ---- b) fine stage over the union's key chunks
+    const int nch = (p.Lk + BN - 1) / BN;
+    const int bpc_log2 = p.bs_log2 - (BN == 64 ? 6 : 5);
+    auto next_chunk = [&](int ci) -> int {
+        while (ci < nch) {
+            if (p.causal && ci * BN > tmax) return -1;
+            int j = ci >> bpc_log2;
+            u32 wd = sMask[j >> 5] >> (j & 31);
+            if (wd & 1u) return ci;
+            if (wd == 0u) j = ((j >> 5) + 1) << 5;
+            else j += __ffs(wd) - 1;
+            ci = j << bpc_log2;
+        }
+        return -1;
+    };
+    constexpr int RSTEP = 128 / CH;
+    const int ldrow = tid / CH, lc = tid % CH;
+    const u16* kthr = p.k + (i64)n * p.k_sn + (i64)hk * p.k_sh + (i64)ldrow * p.k_sl + lc * 8;
+    const u16* vthr = p.v + (i64)n * p.v_sn + (i64)hk * p.v_sh + (i64)ldrow * p.v_sl + lc * 8;
+    const i64 kstep = (i64)RSTEP * p.k_sl, vstep = (i64)RSTEP * p.v_sl;
+    const u32 sK0 = smem_u32(sK + swz<D>(ldrow, lc)), sV0 = smem_u32(sV + swz<D>(ldrow, lc));
+    auto load_kv = [&](int ci, int buf) {
+        if (aligned) {
+            const u16* kp = kthr + (i64)ci * BN * p.k_sl;
+            const u16* vp = vthr + (i64)ci * BN * p.v_sl;
+            const int i0 = ci * BN + ldrow;
+#pragma unroll
+            for (int it = 0; it < BN / RSTEP; it++) {
+                bool valid = i0 + it * RSTEP < p.Lk;
+                u32 so = (u32)((buf * BN * D + it * RSTEP * D) * 2);
+                cp_async16(sK0 + so, valid ? (const void*)(kp + it * kstep) : (const void*)p.k, valid ? 16 : 0);
+                cp_async16(sV0 + so, valid ? (const void*)(vp + it * vstep) : (const void*)p.v, valid ? 16 : 0);
+            }
+        } else {
+            for (int idx = tid; idx < BN * CH; idx += 128) {
+                int row = idx / CH, c = idx % CH;
+                int i = ci * BN + row;
+                bool valid = i < p.Lk;
+                int ii = valid ? i : 0;
+                load16(sK + buf * BN * D + swz<D>(row, c), p.k + (i64)n * p.k_sn + (i64)ii * p.k_sl + (i64)hk * p.k_sh + c * 8, valid, false);
+                load16(sV + buf * BN * D + swz<D>(row, c), p.v + (i64)n * p.v_sn + (i64)ii * p.v_sl + (i64)hk * p.v_sh + c * 8, valid, false);
+            }
+        }
+        int j = ci >> bpc_log2;
+        if (tid < D / 4) cp_async16(smem_u32(sKb + buf * 4 * D + (j & 3) * D + tid * 4), kbar_h + (i64)j * D + tid * 4, 16);
+    };
+
+    float acc[NTO][4];
+#pragma unroll
+    for (int i = 0; i < NTO; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    float Hacc[2] = {0.f, 0.f}, SH[2] = {0.f, 0.f};
+    const float sl2 = p.scale * DA_LOG2E;
+    const float wprior = p.coarse_scale / (float)hpu;
+    const float wprior_q = wprior / p.scale;  // prior terms enter acc, which is scaled by sigma at the end
+
+    int ci = next_chunk(0);
+    if (ci >= 0) load_kv(ci, 0);
+    cp_commit();
+    int buf = 0;
+    while (ci >= 0) {
+        const int nxt = next_chunk(ci + 1);
+        if (nxt >= 0) {
+            load_kv(nxt, buf ^ 1);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
         }
         __syncthreads();
-        for (int h0 = 0; h0 < G; h0 += hpu) {
-            const int hq0 = hk * G + h0;
-            float beta = 0.f, s = 0.f;
-            if (kind == 2) {
-                float acc = 0.f;
-                for (int e = threadIdx.x; e < hpu * D; e += blockDim.x) acc += qs[h0 * D + e] * kb[e % D];
-                float zj = block_sum(acc, red) * (p.sigma_c / hpu);
-                const float tau = p.tau[n * p.stau.n + hq0 * p.stau.h + r * p.stau.l];
-                if (!prior(zj, tau, unit_alpha(p, hq0), &beta, &s)) continue;  // uniform across the CTA
+        const u16* cK = sK + buf * BN * D;
+        const u16* cV = sV + buf * BN * D;
+        const float* kb4 = sKb + buf * 4 * D;
+        const int j = ci >> bpc_log2;
+
+        // S = Q K^T and dP = dO V^T
+        float s[NTS][4], dp[NTS][4];
+#pragma unroll
+        for (int i = 0; i < NTS; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KST; kk++) {
+            u32 qf[4], of[4];
+            ldsm_x4(qf, smem_u32(sQ + swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))));
+            ldsm_x4(of, smem_u32(sO + swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))));
+#pragma unroll
+            for (int np = 0; np < NTS / 2; np++) {
+                u32 b[4];
+                ldsm_x4(b, smem_u32(cK + swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
+                mma16816<BF16>(s[2 * np], qf, b[0], b[1]);
+                mma16816<BF16>(s[2 * np + 1], qf, b[2], b[3]);
+                ldsm_x4(b, smem_u32(cV + swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
+                mma16816<BF16>(dp[2 * np], of, b[0], b[1]);
+                mma16816<BF16>(dp[2 * np + 1], of, b[2], b[3]);
             }
+        }
+        // coarse score of block j for each row (same arithmetic as the scan)
+        float zc[4];
+        zdot4<BF16, D>(sQ, warp * 16, kb4, zc);
+        zs[(lane >> 2) * 4 + (lane & 3)] = zc[0] + zc[1];
+        zs[((lane >> 2) + 8) * 4 + (lane & 3)] = zc[2] + zc[3];
+        __syncwarp();
+        float beta2[2], sw[2];
+        bool cand[2];
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            beta2[x] = DA_NEG_INF;
+            sw[x] = 0.f;
+            cand[x] = false;
+            if (!live[x]) continue;
+            int kind = block_kind(p, rx[x].t, j);
+            if (kind == 1) beta2[x] = 0.f;
+            else if (kind == 2) {
+                int mi = (lane >> 2) + 8 * x;
+                float z = unit_z(p, zs, mi, rx[x].mbase & 15, j & 3);
+                float b2, w;
+                if (prior(sel[x], z, b2, w)) {
+                    beta2[x] = b2;
+                    sw[x] = w;
+                    cand[x] = true;
+                }
+            }
+        }
+        __syncwarp();
+
+        const int kbase = ci * BN + (lane & 3) * 2;
+        const bool edge = ci * BN + BN > p.Lk || (p.causal && ci * BN + BN - 1 > tmin);
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            const int t = rx[x].t;
             float hpart = 0.f;
-            for (int g = h0; g < h0 + hpu; ++g) {
-                const int h = hk * G + g;
-                const float lse = p.lse[n * p.slse.n + h * p.slse.h + r * p.slse.l];
-                if (lse == -DA_INF) continue;
-                const float Dr = p.drow[((i64)n * p.hq + h) * p.lq + r];
-                if (own && (!p.causal || i <= t)) {
-                    const T *kr = (const T *)p.k + n * p.sk.n + (i64)i * p.sk.l + hk * p.sk.h;
-                    const T *vr = (const T *)p.v + n * p.sv.n + (i64)i * p.sv.l + hk * p.sv.h;
-                    float qk = 0.f, dv = 0.f;
-                    for (int x = 0; x < D; ++x) {
-                        qk += qs[g * D + x] * to_f(kr[x]);
-                        dv += dos[g * D + x] * to_f(vr[x]);
-                    }
-                    float raw = p.sigma * qk;
-                    float pr = __expf(raw + beta - lse);
-                    float dli = pr * (dv - Dr);
-                    float *dkr = dks + threadIdx.x * D, *dvr = dvs + threadIdx.x * D;
-                    for (int x = 0; x < D; ++x) {
-                        dvr[x] += pr * dos[g * D + x];
-                        dkr[x] += p.sigma * dli * qs[g * D + x];
-                    }
-                    if (kind == 2) hpart += __expf(raw - lse) * (dv - Dr);
+#pragma unroll
+            for (int nt = 0; nt < NTS; nt++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int i = kbase + nt * 8 + e;
+                    float sv = s[nt][2 * x + e] * sl2;
+                    bool ok = !edge || (i < p.Lk && (!p.causal || i <= t));
+                    float pr = ok ? ex2(sv + beta2[x] - lse2[x]) : 0.f;
+                    float g = dp[nt][2 * x + e] - Dm[x];
+                    if (cand[x]) hpart += (ok ? ex2(sv - lse2[x]) : 0.f) * g;
+                    s[nt][2 * x + e] = pr * g;  // dS
                 }
             }
-            if (kind == 2) {
-                float H = block_sum(hpart, red);
-                const float c = p.crow[((i64)n * p.hq + hq0) * p.lq + r];
-                const float w = s * (H - c) * (p.sigma_c / hpu);
-                for (int x = threadIdx.x; x < D; x += blockDim.x) {
-                    float qsx = 0.f;
-                    for (int g = h0; g < h0 + hpu; ++g) qsx += qs[g * D + x];
-                    dkbar[x] += w * qsx;
+            Hacc[x] += hpart;
+        }
+        // dq += dS K
+#pragma unroll
+        for (int k2 = 0; k2 < BN / 16; k2++) {
+            u32 a[4];
+            a[0] = pack2<BF16>(s[2 * k2][0], s[2 * k2][1]);
+            a[1] = pack2<BF16>(s[2 * k2][2], s[2 * k2][3]);
+            a[2] = pack2<BF16>(s[2 * k2 + 1][0], s[2 * k2 + 1][1]);
+            a[3] = pack2<BF16>(s[2 * k2 + 1][2], s[2 * k2 + 1][3]);
+#pragma unroll
+            for (int dpp = 0; dpp < D / 16; dpp++) {
+                u32 b[4];
+                ldsm_x4_t(b, smem_u32(cK + swz<D>(k2 * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dpp * 2 + (lane >> 4))));
+                mma16816<BF16>(acc[2 * dpp], a, b[0], b[1]);
+                mma16816<BF16>(acc[2 * dpp + 1], a, b[2], b[3]);
+            }
+        }
+        // end of block j in the visit order: finish H_j and its dq term
+        if (nxt < 0 || (nxt >> bpc_log2) != j) {
+#pragma unroll
+            for (int x = 0; x < 2; x++) {
+                Hacc[x] += __shfl_xor_sync(0xffffffffu, Hacc[x], 1);
+                Hacc[x] += __shfl_xor_sync(0xffffffffu, Hacc[x], 2);
+            }
+            if ((lane & 3) == 0) {
+                hs[lane >> 2] = Hacc[0];
+                hs[(lane >> 2) + 8] = Hacc[1];
+            }
+            __syncwarp();
+            if (__any_sync(0xffffffffu, cand[0] || cand[1])) {
+                float cf[2];
+#pragma unroll
+                for (int x = 0; x < 2; x++) {
+                    cf[x] = 0.f;
+                    if (!cand[x]) continue;
+                    int mi = (lane >> 2) + 8 * x;
+                    float Hu;
+                    if (p.per_head) Hu = hs[mi];
+                    else {
+                        int mb = rx[x].mbase & 15;
+                        Hu = 0.f;
+                        for (int g = 0; g < G; g++) Hu += hs[mb + g];
+                    }
+                    SH[x] += sw[x] * Hu;
+                    cf[x] = wprior_q * sw[x] * Hu;
+                }
+                const float* kb = kb4 + (j & 3) * D + (lane & 3) * 2;
+#pragma unroll
+                for (int nt = 0; nt < NTO; nt++) {
+                    float2 kv = *(const float2*)(kb + nt * 8);
+                    acc[nt][0] += cf[0] * kv.x;
+                    acc[nt][1] += cf[0] * kv.y;
+                    acc[nt][2] += cf[1] * kv.x;
+                    acc[nt][3] += cf[1] * kv.y;
+                }
+            }
+            Hacc[0] = Hacc[1] = 0.f;
+            __syncwarp();
+        }
+        __syncthreads();
+        ci = nxt;
+        buf ^= 1;
+    }
+
+    // epilogue: dq = sigma acc - (sigma_c / hpu) c W; crow = c
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        if (!rx[x].valid) continue;
+        const float c = Ssum[x] > 0.f ? SH[x] / Ssum[x] : 0.f;
+        const float wc = wprior * c;
+        const int m = warp * 16 + (lane >> 2) + 8 * x;
+        u16* dqp = p.dq + (i64)n * p.dq_sn + (i64)rx[x].r * p.dq_sl + (i64)rx[x].h * p.dq_sh;
+#pragma unroll
+        for (int nt = 0; nt < NTO; nt++) {
+            int d = nt * 8 + (lane & 3) * 2;
+            const float* wa = sW + m * WS + d;
+            float v0 = acc[nt][2 * x] * p.scale - wc * wa[0];
+            float v1 = acc[nt][2 * x + 1] * p.scale - wc * wa[1];
+            u32 w = pack2<BF16>(v0, v1);
+            dqp[d] = (u16)(w & 0xffffu);
+            dqp[d + 1] = (u16)(w >> 16);
+        }
+        if ((lane & 3) == 0) p.crow[((i64)n * p.Hq + rx[x].h) * p.Lq + rx[x].r] = c;
+    }
+}
+
+#define DA_BWD_DQ(T, BF, D, BN) \
+    extern "C" __global__ void __launch_bounds__(128, 1) dash_bwd_dq_##T##_d##D##_bn##BN(BwdParams p) { dq_impl<BF, D, BN>(p); }
+DA_BWD_DQ(bf16, true, 64, 64)
+DA_BWD_DQ(bf16, true, 64, 32)
+DA_BWD_DQ(bf16, true, 128, 32)
+DA_BWD_DQ(f16, false, 64, 64)
+DA_BWD_DQ(f16, false, 64, 32)
+DA_BWD_DQ(f16, false, 128, 32)
+
+// ---------------------------------------------------------------------------------------
+// 3. mask [N, Hkv, ntiles, nbw] -> maskt [N, Hkv, nb, ntw]: grid (ntw, nbw, N * Hkv), one
+//    warp; lane l reads tile 32 x + l's word y, then 32 ballots transpose the 32 x 32 bits.
+
+extern "C" __global__ void __launch_bounds__(32) dash_bwd_transpose(BwdParams p) {
+    const int tw = blockIdx.x, bw = blockIdx.y, nh = blockIdx.z, lane = threadIdx.x;
+    const int tile = tw * 32 + lane;
+    u32 word = tile < p.ntiles ? p.mask[((i64)nh * p.ntiles + tile) * p.nbw + bw] : 0u;
+    u32 mine = 0u;
+#pragma unroll
+    for (int b = 0; b < 32; b++) {
+        u32 bits = __ballot_sync(0xffffffffu, (word >> b) & 1u);
+        if (lane == b) mine = bits;
+    }
+    const int j = bw * 32 + lane;
+    if (j < p.nb) p.maskt[((i64)nh * p.nb + j) * p.ntw + tw] = mine;
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. dK, dV, d kbar: grid (nb, Hkv, N), NW = B / 16 warps (warp w owns keys 16 w .. 16 w + 15
+//    of the block). Shared memory (bytes):
+//    sK, sV   B x D x 2 each
+//    sQ, sO   2 buffers x 64 x D x 2 each
+//    sKb      4 x D fp32
+//    stats    64 x {lse2, Dm, beta2, s, c, z, H, dz} fp32 + 64 t (int) + NW x 64 H parts
+
+template <bool BF16, int D, int NW> __device__ void dkv_impl(const BwdParams& p) {
+    constexpr int B = NW * 16, KST = D / 16, NTO = D / 8, CH = D / 8, NT = NW * 32;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    u16* sK = (u16*)smem_raw;        // B x D
+    u16* sV = sK + B * D;            // B x D
+    u16* sQ = sV + B * D;            // 2 x 64 x D
+    u16* sO = sQ + 2 * 64 * D;       // 2 x 64 x D
+    float* sKb = (float*)(sO + 2 * 64 * D);  // 4 x D
+    float* sLse2 = sKb + 4 * D;
+    float* sDm = sLse2 + 64;
+    float* sBeta2 = sDm + 64;
+    float* sS = sBeta2 + 64;
+    float* sC = sS + 64;
+    float* sZh = sC + 64;
+    float* sHm = sZh + 64;
+    float* sDz = sHm + 64;
+    int* sT = (int*)(sDz + 64);
+    float* sHp = (float*)(sT + 64);  // NW x 64
+    float* sZw = sHp + NW * 64;      // 4 x 64 (zdot4 partials, per warp slot)
+
+    const int j = blockIdx.x, hk = blockIdx.y, n = blockIdx.z;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int G = p.G;
+    const bool aligned = p.aligned16 != 0;
+    const int hpu = p.per_head ? 1 : G;
+    const int key0 = j * p.bs;
+    const int len = min(p.bs, p.Lk - key0);
+    const u32* tw = p.maskt + (((i64)n * p.Hkv + hk) * p.nb + j) * p.ntw;
+
+    // K, V of the block, kbar_j in slot j & 3 of sKb (other slots zero)
+    for (int idx = tid; idx < B * CH; idx += NT) {
+        int row = idx / CH, c = idx % CH;
+        int i = key0 + row;
+        bool valid = row < len;
+        int ii = valid ? i : 0;
+        load16(sK + swz<D>(row, c), p.k + (i64)n * p.k_sn + (i64)ii * p.k_sl + (i64)hk * p.k_sh + c * 8, valid, aligned);
+        load16(sV + swz<D>(row, c), p.v + (i64)n * p.v_sn + (i64)ii * p.v_sl + (i64)hk * p.v_sh + c * 8, valid, aligned);
+    }
+    const float* kbj = p.kbar + (((i64)n * p.Hkv + hk) * p.nb + j) * D;
+    for (int i = tid; i < 4 * D; i += NT) sKb[i] = (i / D == (j & 3)) ? kbj[i % D] : 0.f;
+
+    auto next_tile = [&](int t0) -> int {
+        int w = t0 >> 5;
+        if (w >= p.ntw) return -1;
+        u32 bits = tw[w] & (0xffffffffu << (t0 & 31));
+        while (bits == 0u) {
+            if (++w >= p.ntw) return -1;
+            bits = tw[w];
+        }
+        return (w << 5) + __ffs(bits) - 1;
+    };
+    auto load_tile = [&](int tile, int buf) {
+        for (int idx = tid; idx < 64 * CH; idx += NT) {
+            int m = idx / CH, c = idx % CH;
+            MRow x = mrow(p, tile, hk, m);
+            int rr = x.valid ? x.r : 0;
+            load16(sQ + buf * 64 * D + swz<D>(m, c), p.q + (i64)n * p.q_sn + (i64)rr * p.q_sl + (i64)x.h * p.q_sh + c * 8, x.valid, aligned);
+            load16(sO + buf * 64 * D + swz<D>(m, c), p.dout + (i64)n * p.do_sn + (i64)rr * p.do_sl + (i64)x.h * p.do_sh + c * 8, x.valid, aligned);
+        }
+    };
+
+    float dk[NTO][4], dv[NTO][4];
+#pragma unroll
+    for (int i = 0; i < NTO; i++) dk[i][0] = dk[i][1] = dk[i][2] = dk[i][3] = dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
+    float dkb[(D + NT - 1) / NT];
+#pragma unroll
+    for (int i = 0; i < (D + NT - 1) / NT; i++) dkb[i] = 0.f;
+    const float sl2 = p.scale * DA_LOG2E;
+    const float wprior = p.coarse_scale / (float)hpu;
+    const int kw = warp * 16;  // this warp's first key (block-local)
+
+    int tile = next_tile(0);
+    if (tile >= 0) load_tile(tile, 0);
+    cp_commit();
+    int buf = 0;
+    while (tile >= 0) {
+        const int nxt = next_tile(tile + 1);
+        if (nxt >= 0) {
+            load_tile(nxt, buf ^ 1);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        // per-row statistics of the tile
+        if (tid < 64) {
+            MRow x = mrow(p, tile, hk, tid);
+            float lse = DA_NEG_INF, dr = 0.f, c = 0.f;
+            if (x.valid) {
+                lse = p.lse[(i64)n * p.lse_sn + (i64)x.h * p.lse_sh + (i64)x.r * p.lse_sl];
+                dr = p.drow[((i64)n * p.Hq + x.h) * p.Lq + x.r];
+                c = p.crow[((i64)n * p.Hq + x.h) * p.Lq + x.r];
+            }
+            bool v = x.valid && lse > DA_NEG_INF;
+            sLse2[tid] = v ? lse * DA_LOG2E : DA_POS_INF;
+            sDm[tid] = v ? dr : 0.f;
+            sC[tid] = c;
+            sT[tid] = v ? x.t : -1;
+        }
+        __syncthreads();
+        const u16* cQ = sQ + buf * 64 * D;
+        const u16* cO = sO + buf * 64 * D;
+        // coarse scores of block j for the tile's 64 M-rows (per head), then per unit
+        for (int mt = warp; mt < 4; mt += NW) {
+            float zc[4];
+            zdot4<BF16, D>(cQ, mt * 16, sKb, zc);
+            float* zw = sZw + mt * 64;
+            zw[(lane >> 2) * 4 + (lane & 3)] = zc[0] + zc[1];
+            zw[((lane >> 2) + 8) * 4 + (lane & 3)] = zc[2] + zc[3];
+        }
+        __syncthreads();
+        if (tid < 64) {
+            const int m = tid, mt = m >> 4, mi = m & 15;
+            MRow x = mrow(p, tile, hk, m);
+            float b2 = DA_NEG_INF, w = 0.f;
+            if (sLse2[m] < DA_POS_INF) {  // a live M-row
+                int kind = block_kind(p, x.t, j);
+                if (kind == 1) b2 = 0.f;
+                else if (kind == 2) {
+                    int h0 = p.per_head ? x.h : hk * G;
+                    float tau = p.tau[(i64)n * p.tau_sn + (i64)h0 * p.tau_sh + (i64)x.r * p.tau_sl];
+                    Sel sl = make_sel(unit_alpha(p, h0), tau);
+                    float z = unit_z(p, sZw + mt * 64, mi, x.mbase & 15, j & 3);
+                    float bb, ww;
+                    if (prior(sl, z, bb, ww)) {
+                        b2 = bb;
+                        w = ww;
+                    }
+                }
+            }
+            sBeta2[m] = b2;
+            sS[m] = w;
+        }
+        __syncthreads();
+
+        // two halves of 32 M-rows
+#pragma unroll 1
+        for (int hf = 0; hf < 2; hf++) {
+            const int m0 = hf * 32;
+            float s[4][4], dp[4][4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+#pragma unroll 2
+            for (int kk = 0; kk < KST; kk++) {
+                u32 ak[4], av[4];
+                ldsm_x4(ak, smem_u32(sK + swz<D>(kw + (lane & 15), kk * 2 + (lane >> 4))));
+                ldsm_x4(av, smem_u32(sV + swz<D>(kw + (lane & 15), kk * 2 + (lane >> 4))));
+#pragma unroll
+                for (int np = 0; np < 2; np++) {
+                    u32 b[4];
+                    int row = m0 + np * 16 + (lane & 7) + ((lane >> 4) << 3), ch = kk * 2 + ((lane >> 3) & 1);
+                    ldsm_x4(b, smem_u32(cQ + swz<D>(row, ch)));
+                    mma16816<BF16>(s[2 * np], ak, b[0], b[1]);
+                    mma16816<BF16>(s[2 * np + 1], ak, b[2], b[3]);
+                    ldsm_x4(b, smem_u32(cO + swz<D>(row, ch)));
+                    mma16816<BF16>(dp[2 * np], av, b[0], b[1]);
+                    mma16816<BF16>(dp[2 * np + 1], av, b[2], b[3]);
+                }
+            }
+            // P^T, dS^T, and the column (M-row) sums of exp(sigma qk - lse) (dP - D)
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int m = m0 + nt * 8 + (lane & 3) * 2 + e;
+                    const float l2 = sLse2[m], b2 = sBeta2[m], dm = sDm[m];
+                    const int t = sT[m];
+                    const bool cnd = sS[m] > 0.f;
+                    float hsum = 0.f;
+#pragma unroll
+                    for (int y = 0; y < 2; y++) {  // key rows lane / 4 and lane / 4 + 8
+                        const int kl = kw + (lane >> 2) + 8 * y;
+                        const int i = key0 + kl;
+                        const bool ok = kl < len && (!p.causal || i <= t);
+                        const float sv = s[nt][2 * y + e] * sl2;
+                        const float pr = ok ? ex2(sv + b2 - l2) : 0.f;
+                        const float g = dp[nt][2 * y + e] - dm;
+                        if (cnd && ok) hsum += ex2(sv - l2) * g;
+                        s[nt][2 * y + e] = pr;       // P^T
+                        dp[nt][2 * y + e] = pr * g;  // dS^T
+                    }
+                    float h = hsum;
+                    h += __shfl_xor_sync(0xffffffffu, h, 4);
+                    h += __shfl_xor_sync(0xffffffffu, h, 8);
+                    h += __shfl_xor_sync(0xffffffffu, h, 16);
+                    if (lane < 4) sHp[warp * 64 + m0 + nt * 8 + lane * 2 + e] = h;
+                }
+            }
+            // dV += P^T dO, dK += dS^T Q (k = the half's 32 M-rows)
+#pragma unroll
+            for (int k2 = 0; k2 < 2; k2++) {
+                u32 ap[4], as[4];
+                ap[0] = pack2<BF16>(s[2 * k2][0], s[2 * k2][1]);
+                ap[1] = pack2<BF16>(s[2 * k2][2], s[2 * k2][3]);
+                ap[2] = pack2<BF16>(s[2 * k2 + 1][0], s[2 * k2 + 1][1]);
+                ap[3] = pack2<BF16>(s[2 * k2 + 1][2], s[2 * k2 + 1][3]);
+                as[0] = pack2<BF16>(dp[2 * k2][0], dp[2 * k2][1]);
+                as[1] = pack2<BF16>(dp[2 * k2][2], dp[2 * k2][3]);
+                as[2] = pack2<BF16>(dp[2 * k2 + 1][0], dp[2 * k2 + 1][1]);
+                as[3] = pack2<BF16>(dp[2 * k2 + 1][2], dp[2 * k2 + 1][3]);
+#pragma unroll
+                for (int dpp = 0; dpp < D / 16; dpp++) {
+                    u32 b[4];
+                    int row = m0 + k2 * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), ch = dpp * 2 + (lane >> 4);
+                    ldsm_x4_t(b, smem_u32(cO + swz<D>(row, ch)));
+                    mma16816<BF16>(dv[2 * dpp], ap, b[0], b[1]);
+                    mma16816<BF16>(dv[2 * dpp + 1], ap, b[2], b[3]);
+                    ldsm_x4_t(b, smem_u32(cQ + swz<D>(row, ch)));
+                    mma16816<BF16>(dk[2 * dpp], as, b[0], b[1]);
+                    mma16816<BF16>(dk[2 * dpp + 1], as, b[2], b[3]);
                 }
             }
         }
         __syncthreads();
+        // H_j per M-row, per unit, and the d kbar_j coefficient
+        if (tid < 64) {
+            float h = 0.f;
+            for (int w = 0; w < NW; w++) h += sHp[w * 64 + tid];
+            sHm[tid] = h;
+        }
+        __syncthreads();
+        if (tid < 64) {
+            const int m = tid;
+            float dz = 0.f;
+            if (sS[m] > 0.f) {
+                float Hu;
+                if (p.per_head) Hu = sHm[m];
+                else {
+                    MRow x = mrow(p, tile, hk, m);
+                    Hu = 0.f;
+                    for (int g = 0; g < G; g++) Hu += sHm[x.mbase + g];
+                }
+                dz = wprior * sS[m] * (Hu - sC[m]);
+            }
+            sDz[m] = dz;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < (D + NT - 1) / NT; i++) {
+            const int d = tid + i * NT;
+            if (d < D) {
+                float a = dkb[i];
+                for (int m = 0; m < 64; m++) {
+                    float dz = sDz[m];
+                    if (dz != 0.f) a += dz * to_f32<BF16>(cQ[swz<D>(m, d >> 3) + (d & 7)]);
+                }
+                dkb[i] = a;
+            }
+        }
+        __syncthreads();  // buffers of this tile are reloaded two tiles later
+        tile = nxt;
+        buf ^= 1;
+    }
+    cp_wait<0>();
+
+    // epilogue: d kbar_j -> shared (reuse sQ area as fp32), then dK = sigma acc + dkbar / len
+    float* sDkb = (float*)sQ;
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < (D + NT - 1) / NT; i++) {
+        const int d = tid + i * NT;
+        if (d < D) sDkb[d] = dkb[i];
     }
     __syncthreads();
-    const int len = min(bs, p.lk - j * bs);
     if (p.dpooled) {
-        for (int x = threadIdx.x; x < D; x += blockDim.x)
-            ((T *)p.dpooled)[n * p.sdp.n + (i64)j * p.sdp.l + hk * p.sdp.h + x] = from_f<T>(dkbar[x]);
+        for (int d = tid; d < D; d += NT) {
+            float v = sDkb[d];
+            u32 w = pack2<BF16>(v, 0.f);
+            p.dpooled[(i64)n * p.dp_sn + (i64)j * p.dp_sb + (i64)hk * p.dp_sh + d] = (u16)(w & 0xffffu);
+        }
     }
-    for (int e = threadIdx.x; e < len * D; e += blockDim.x) {
-        int ii = e / D, x = e % D;
-        float dkv = dks[ii * D + x];
-        if (!p.dpooled) dkv += dkbar[x] / len;
-        i64 key = (i64)j * bs + ii;
-        ((T *)p.dk)[n * p.sdk.n + key * p.sdk.l + hk * p.sdk.h + x] = from_f<T>(dkv);
-        ((T *)p.dv)[n * p.sdv.n + key * p.sdv.l + hk * p.sdv.h + x] = from_f<T>(dvs[ii * D + x]);
+    const float inv_len = len > 0 ? 1.f / (float)len : 0.f;
+#pragma unroll
+    for (int y = 0; y < 2; y++) {
+        const int kl = kw + (lane >> 2) + 8 * y;
+        if (kl >= len) continue;
+        const i64 key = key0 + kl;
+        u16* dkp = p.dk + (i64)n * p.dk_sn + key * p.dk_sl + (i64)hk * p.dk_sh;
+        u16* dvp = p.dv + (i64)n * p.dv_sn + key * p.dv_sl + (i64)hk * p.dv_sh;
+#pragma unroll
+        for (int nt = 0; nt < NTO; nt++) {
+            int d = nt * 8 + (lane & 3) * 2;
+            float k0 = dk[nt][2 * y] * p.scale, k1 = dk[nt][2 * y + 1] * p.scale;
+            if (!p.dpooled) {
+                k0 += sDkb[d] * inv_len;
+                k1 += sDkb[d + 1] * inv_len;
+            }
+            u32 wk = pack2<BF16>(k0, k1), wv = pack2<BF16>(dv[nt][2 * y], dv[nt][2 * y + 1]);
+            dkp[d] = (u16)(wk & 0xffffu);
+            dkp[d + 1] = (u16)(wk >> 16);
+            dvp[d] = (u16)(wv & 0xffffu);
+            dvp[d + 1] = (u16)(wv >> 16);
+        }
     }
 }
 
-#define DASH_BWD_INSTANTIATE(T, NAME)                                              \
-    extern "C" __global__ void dash_bwd_prep_##NAME(BwdParams p) { dash_bwd_prep<T>(p); } \
-    extern "C" __global__ void dash_bwd_dq_##NAME(BwdParams p) { dash_bwd_dq<T>(p); }     \
-    extern "C" __global__ void dash_bwd_dkv_##NAME(BwdParams p) { dash_bwd_dkv<T>(p); }
-
-DASH_BWD_INSTANTIATE(f16_t, f16)
-DASH_BWD_INSTANTIATE(bf16_t, bf16)
+#define DA_BWD_DKV(T, BF, D, NW) \
+    extern "C" __global__ void __launch_bounds__(NW * 32, 1) dash_bwd_dkv_##T##_d##D##_b##NW(BwdParams p) { dkv_impl<BF, D, NW>(p); }
+DA_BWD_DKV(bf16, true, 64, 2)
+DA_BWD_DKV(bf16, true, 64, 4)
+DA_BWD_DKV(bf16, true, 64, 8)
+DA_BWD_DKV(bf16, true, 128, 2)
+DA_BWD_DKV(bf16, true, 128, 4)
+DA_BWD_DKV(bf16, true, 128, 8)
+DA_BWD_DKV(f16, false, 64, 2)
+DA_BWD_DKV(f16, false, 64, 4)
+DA_BWD_DKV(f16, false, 64, 8)
+DA_BWD_DKV(f16, false, 128, 2)
+DA_BWD_DKV(f16, false, 128, 4)
+DA_BWD_DKV(f16, false, 128, 8)

@@ -205,6 +205,12 @@ fn gpu_backward_matches_cpu_reference() {
     cases.push(Case { head_alpha: true, sel: Selection::PerHead, ..base });
     cases.push(Case { bf: false, ..base });
     cases.push(Case { bf: false, causal: false, sel: Selection::PerHead, d: 64, ..base });
+    // GQA 16 (one row per warp), several mask words per tile and tile words per block
+    // (nb = 66, 132 tiles), and more query rows than keys (non-causal: rows before the keys).
+    cases.push(Case { hq: 16, hkv: 1, d: 64, ..base });
+    cases.push(Case { n: 1, lq: 2100, lk: 2100, bs: 32, d: 64, ..base });
+    cases.push(Case { n: 1, lq: 1000, lk: 1000, hq: 16, hkv: 2, alpha: 2.0, sel: Selection::PerHead, ..base });
+    cases.push(Case { lq: 400, lk: 150, causal: false, d: 64, ..base });
     // DASHATTN_TEST_CASES=n runs the first n cases only (for compute-sanitizer runs).
     if let Some(k) = std::env::var("DASHATTN_TEST_CASES").ok().and_then(|v| v.parse::<usize>().ok()) {
         cases.truncate(k);

@@ -175,7 +175,7 @@ fn strides3(t: &Tensor) -> [i64; 3] {
 }
 
 /// Whether every row start of a [N, L, H, D] tensor is `align`-byte aligned.
-fn rows_aligned(t: &Tensor, align: usize) -> bool {
+pub(crate) fn rows_aligned(t: &Tensor, align: usize) -> bool {
     let es = t.dtype.size();
     if !t.ptr.is_multiple_of(align) {
         return false;
