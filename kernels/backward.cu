@@ -7,20 +7,20 @@
 // Launch order, all on the caller's stream (src/cuda/backward.rs):
 //  0. dash_pool_*      (kernels/forward.cu): kbar [N, Hkv, nb, D] fp32, the forward's values.
 //  1. dash_bwd_prep_*  : D_r = <dO_r, o_r> per (sequence, head, row) -> drow.
-//  2. dash_bwd_dq_*    : one CTA per (query tile, KV head, sequence); the tile is the
+//  2. dash_bwd_select_*: one CTA per (query tile, KV head, sequence); the tile is the
 //                        forward's: 64 "M-rows" = (row, head-of-group) pairs, 4 warps x 16.
-//                        a) scan: coarse score z_j of every candidate block (mma with kbar
-//                           split into hi + lo parts), the exact per-row selection from the
-//                           saved tau, the tile's union bitmask (selected + local blocks)
-//                           -> mask; and per row W = sum_j s_j kbar_j, S = sum_j s_j.
-//                        b) fine: over the union's key chunks: S = Q K^T, P (with prior),
-//                           dP = dO V^T, dS = P (dP - D), dq += dS K; per selected block
-//                           H_j = sum_i exp(sigma qk_i - lse) (dP_i - D) (no division by p_j),
-//                           dq += (sigma_c / hpu) s_j H_j kbar_j; at the end
-//                           c = sum_j s_j H_j / S (-> crow) and dq -= (sigma_c / hpu) c W.
-//  3. dash_bwd_transpose: mask [tile][block words] -> maskt [block][tile words] (ballots),
+//                        Coarse score z_j of every candidate block (mma with kbar split into
+//                        hi + lo parts), the exact per-row selection from the saved tau; the
+//                        union of selected + local blocks per warp (wmask) and per tile (mask).
+//  3. dash_bwd_dq_*    : same tiles; over the tile union's key chunks (a warp skips blocks
+//                        outside its own union): S = Q K^T, P (with prior), dP = dO V^T,
+//                        dS = P (dP - D), dq += dS K; per selected block
+//                        H_j = sum_i exp(sigma qk_i - lse) (dP_i - D) (no division by p_j),
+//                        dq += (sigma_c / hpu) s_j H_j kbar_j, W += s_j kbar_j, S += s_j;
+//                        at the end c = sum_j s_j H_j / S (-> crow), dq -= (sigma_c / hpu) c W.
+//  4. dash_bwd_transpose: mask [tile][block words] -> maskt [block][tile words] (ballots),
 //                        i.e. per key block the list of query tiles that attend it.
-//  4. dash_bwd_dkv_*   : one CTA per (key block, KV head, sequence) owns dK, dV of the
+//  5. dash_bwd_dkv_*   : one CTA per (key block, KV head, sequence) owns dK, dV of the
 //                        block's keys and d kbar_j; it visits only the tiles of maskt[j]:
 //                        S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q (mma),
 //                        H_j per row, d kbar_j += (sigma_c / hpu) s_j (H_j - c) q_unit.
@@ -45,7 +45,8 @@ struct BwdParams {
     u16 *dq, *dk, *dv, *dpooled;  // dpooled: null unless the caller passed pooled keys
     float *drow;              // ws [N, Hq, Lq]
     float *crow;              // ws [N, Hq, Lq]
-    u32 *mask;                // ws [N, Hkv, ntiles, nbw]
+    u32 *mask;                // ws [N, Hkv, ntiles, nbw]     tile union (selected + local)
+    u32 *wmask;               // ws [N, Hkv, ntiles, 4, nbw]  per warp (16 M-rows)
     u32 *maskt;               // ws [N, Hkv, nb, ntw]
     i64 q_sn, q_sl, q_sh;
     i64 k_sn, k_sl, k_sh;
@@ -63,7 +64,7 @@ struct BwdParams {
     int bs, bs_log2, n_local, causal, per_head, rows_per_warp, rows_per_tile, aligned16, pad0;
     float alpha_default, scale, coarse_scale, pad;
 };
-static_assert(sizeof(BwdParams) == 504, "BwdParams layout");
+static_assert(sizeof(BwdParams) == 512, "BwdParams layout");
 
 // ---------------------------------------------------------------------------------------
 // helpers (the same PTX idioms as kernels/forward.cu; each file compiles standalone)
@@ -91,6 +92,9 @@ __device__ __forceinline__ u32 smem_u32(const void* p) {
 }
 __device__ __forceinline__ void cp_async16(u32 dst, const void* src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async4(u32 dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src));
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
@@ -207,44 +211,59 @@ __device__ __forceinline__ bool prior(const Sel& s, float z, float& beta2, float
     return true;
 }
 
-// Coarse dot products of a warp's 16 M-rows (rows m0 .. m0 + 15 of the swizzled tile sQ,
-// loaded as A fragments) with 4 pooled keys staged in
-// shared memory (kb4 = 4 x D fp32, slot-major). Column 2b + 0 holds the bf16/f16 "hi" part
-// of key b, column 2b + 1 the "lo" residual, so hi + lo is fp32-accurate. On return
-// zc[0] + zc[1] is <q_A, kbar_slot> and zc[2] + zc[3] is <q_B, kbar_slot> with A = lane / 4,
-// B = A + 8, slot = lane % 4. Every use in this file goes through this function, so the
-// dq and dkv kernels make bitwise-identical selection decisions.
-template <bool BF16, int D> __device__ __forceinline__ void zdot4(const u16* sQ, int m0, const float* kb4, float* zc) {
+// Coarse dot products of a warp's 16 M-rows with up to 4 pooled keys ("slots"), one mma per
+// 16 dimensions. Column 2b holds the bf16/f16 "hi" part of slot b's key, column 2b + 1 the
+// "lo" residual, so hi + lo is fp32-accurate. The lane's B column is col = lane / 4; `kb`
+// points at the key of ITS slot col / 2 (null: zeros). On return zc[0] + zc[1] is
+// <q_A, kbar_slot> and zc[2] + zc[3] is <q_B, kbar_slot> with A = lane / 4, B = A + 8,
+// slot = lane % 4. A block j always sits in slot j % 4, and every kernel here goes through
+// this code, so the select, dq and dkv kernels make bitwise-identical selection decisions.
+template <bool BF16, int D> __device__ __forceinline__ void zdot_b(const float* kb, int kk, u32& b0, u32& b1) {
     const int lane = threadIdx.x & 31;
-    const int col = lane >> 2;
-    const float* kb = kb4 + (col >> 1) * D;
+    const int k0 = kk * 16 + (lane & 3) * 2;
+    float x0 = 0.f, x1 = 0.f, x8 = 0.f, x9 = 0.f;
+    if (kb) x0 = kb[k0], x1 = kb[k0 + 1], x8 = kb[k0 + 8], x9 = kb[k0 + 9];
+    u32 h0 = pack2<BF16>(x0, x1), h1 = pack2<BF16>(x8, x9);
+    b0 = h0;
+    b1 = h1;
+    if ((lane >> 2) & 1) {
+        b0 = pack2<BF16>(x0 - lo_f32<BF16>(h0), x1 - hi_f32<BF16>(h0));
+        b1 = pack2<BF16>(x8 - lo_f32<BF16>(h1), x9 - hi_f32<BF16>(h1));
+    }
+}
+// A fragments read from the swizzled tile sQ (rows m0 .. m0 + 15)
+template <bool BF16, int D> __device__ __forceinline__ void zdot_s(const u16* sQ, int m0, const float* kb, float* zc) {
+    const int lane = threadIdx.x & 31;
     zc[0] = zc[1] = zc[2] = zc[3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
-        int k0 = kk * 16 + (lane & 3) * 2;
-        float x0 = kb[k0], x1 = kb[k0 + 1], x8 = kb[k0 + 8], x9 = kb[k0 + 9];
-        u32 h0 = pack2<BF16>(x0, x1), h1 = pack2<BF16>(x8, x9);
-        u32 b0 = h0, b1 = h1;
-        if (col & 1) {
-            b0 = pack2<BF16>(x0 - lo_f32<BF16>(h0), x1 - hi_f32<BF16>(h0));
-            b1 = pack2<BF16>(x8 - lo_f32<BF16>(h1), x9 - hi_f32<BF16>(h1));
-        }
-        u32 a[4];
+        u32 b0, b1, a[4];
+        zdot_b<BF16, D>(kb, kk, b0, b1);
         ldsm_x4(a, smem_u32(sQ + swz<D>(m0 + (lane & 15), kk * 2 + (lane >> 4))));
         mma16816<BF16>(zc, a, b0, b1);
     }
 }
+// A fragments held in registers
+template <bool BF16, int D> __device__ __forceinline__ void zdot_r(const u32 (*qf)[4], const float* kb, float* zc) {
+    zc[0] = zc[1] = zc[2] = zc[3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        u32 b0, b1;
+        zdot_b<BF16, D>(kb, kk, b0, b1);
+        mma16816<BF16>(zc, qf[kk], b0, b1);
+    }
+}
 
-// Unit coarse score of M-row `mi` (0..15 within the warp) for slot `slot` from the warp's
-// per-head partial scores zs[16][4]: the group mean for per-group selection (same order
+// Unit coarse score of M-row `mi` (0..15 within the warp) for column `col` from the warp's
+// per-head partial scores zs[16][ZS]: the group mean for per-group selection (same order
 // and operations as kernels/forward.cu's fine stage), times sigma_c.
 // mb = the warp-local index of the group's first M-row.
-__device__ __forceinline__ float unit_z(const BwdParams& p, const float* zs, int mi, int mb, int slot) {
+template <int ZS> __device__ __forceinline__ float unit_z(const BwdParams& p, const float* zs, int mi, int mb, int col) {
     float dz;
-    if (p.per_head) dz = zs[mi * 4 + slot];
+    if (p.per_head) dz = zs[mi * ZS + col];
     else {
         dz = 0.f;
-        for (int g = 0; g < p.G; g++) dz += zs[(mb + g) * 4 + slot];
+        for (int g = 0; g < p.G; g++) dz += zs[(mb + g) * ZS + col];
         dz *= frcp((float)p.G);
     }
     return dz * p.coarse_scale;
@@ -270,13 +289,148 @@ extern "C" __global__ void __launch_bounds__(256) dash_bwd_prep_bf16(BwdParams p
 extern "C" __global__ void __launch_bounds__(256) dash_bwd_prep_f16(BwdParams p) { prep_impl<false>(p); }
 
 // ---------------------------------------------------------------------------------------
-// 2. dq: grid (ntiles, Hkv, N), 128 threads. Shared memory (bytes):
+// 2. selection: grid (ntiles, Hkv, N), 128 threads (4 warps x 16 M-rows, the forward's tile).
+//    Coarse scores of every candidate block (A fragments in registers, pooled keys staged
+//    SB blocks at a time), the exact per-row selection from the saved tau, and per warp the
+//    union of its rows' selected + local blocks -> wmask [N, Hkv, ntiles, 4, nbw]; the
+//    tile's union -> mask [N, Hkv, ntiles, nbw]. Small register footprint, so many CTAs per
+//    SM hide the latency of this O(L^2 / B) scan. Shared memory (bytes):
+//    sQ 64 x D x 2, sKs 2 x SB x D x 4, sZ 4 x 16 x SB x 4, sMaskW 4 x nbw x 4.
+
+template <bool BF16, int D> __device__ void select_impl(const BwdParams& p) {
+    constexpr int KST = D / 16, CH = D / 8, SB = 16;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    u16* sQ = (u16*)smem_raw;
+    float* sKs = (float*)(sQ + 64 * D);
+    float* sZ = sKs + 2 * SB * D;
+    u32* sMaskW = (u32*)(sZ + 4 * 16 * SB);
+
+    const int tile = gridDim.x - 1 - blockIdx.x;
+    const int hk = blockIdx.y, n = blockIdx.z;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int G = p.G, RT = p.rows_per_tile;
+    const int rlast = min(tile * RT + RT, p.Lq) - 1;
+    const int tmax = p.Lk - p.Lq + rlast;
+    const float* kbar_h = p.kbar + ((i64)n * p.Hkv + hk) * p.nb * D;
+    float* zs = sZ + warp * 16 * SB;
+    u32* myMask = sMaskW + warp * p.nbw;
+    for (int i = tid; i < 4 * p.nbw; i += 128) sMaskW[i] = 0u;
+
+    for (int idx = tid; idx < 64 * CH; idx += 128) {
+        int m = idx / CH, c = idx % CH;
+        MRow x = mrow(p, tile, hk, m);
+        load16(sQ + swz<D>(m, c), p.q + (i64)n * p.q_sn + (i64)(x.valid ? x.r : 0) * p.q_sl + (i64)x.h * p.q_sh + c * 8, x.valid, p.aligned16 != 0);
+    }
+    cp_commit();
+    MRow rx[2];
+    bool live[2];
+    Sel sel[2];
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        rx[x] = mrow(p, tile, hk, warp * 16 + (lane >> 2) + 8 * x);
+        float lse = DA_NEG_INF, tau = 0.f;
+        int h0 = p.per_head ? rx[x].h : hk * G;
+        if (rx[x].valid) {
+            lse = p.lse[(i64)n * p.lse_sn + (i64)rx[x].h * p.lse_sh + (i64)rx[x].r * p.lse_sl];
+            tau = p.tau[(i64)n * p.tau_sn + (i64)h0 * p.tau_sh + (i64)rx[x].r * p.tau_sl];
+        }
+        live[x] = rx[x].valid && lse > DA_NEG_INF;
+        sel[x] = make_sel(unit_alpha(p, h0), tau);
+    }
+    cp_wait<0>();
+    __syncthreads();
+    u32 qf[KST][4];
+#pragma unroll
+    for (int kk = 0; kk < KST; kk++) ldsm_x4(qf[kk], smem_u32(sQ + swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))));
+
+    int jend = p.nb;
+    if (p.causal) jend = tmax < 0 ? 0 : min(p.nb, max(0, (tmax >> p.bs_log2) - p.n_local + 1));
+    const int nst = (jend + SB - 1) / SB;
+    auto stage = [&](int st, int buf) {
+        for (int i = tid; i < SB * D / 4; i += 128) {
+            int jj = i / (D / 4), c4 = i % (D / 4);
+            int j = st * SB + jj;
+            cp_async16(smem_u32(sKs + (buf * SB + jj) * D + c4 * 4), kbar_h + (i64)min(j, p.nb - 1) * D + c4 * 4, j < jend ? 16 : 0);
+        }
+    };
+    if (nst > 0) stage(0, 0);
+    cp_commit();
+    for (int st = 0; st < nst; st++) {
+        const int buf = st & 1;
+        if (st + 1 < nst) {
+            stage(st + 1, buf ^ 1);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        __syncthreads();
+        // SB / 4 independent slot groups: z of 16 M-rows x SB blocks
+#pragma unroll
+        for (int g4 = 0; g4 < SB / 4; g4++) {
+            float zc[4];
+            zdot_r<BF16, D>(qf, sKs + (buf * SB + g4 * 4 + ((lane >> 2) >> 1)) * D, zc);
+            zs[(lane >> 2) * SB + g4 * 4 + (lane & 3)] = zc[0] + zc[1];
+            zs[((lane >> 2) + 8) * SB + g4 * 4 + (lane & 3)] = zc[2] + zc[3];
+        }
+        __syncwarp();
+#pragma unroll
+        for (int g4 = 0; g4 < SB / 4; g4++) {
+            const int j = st * SB + g4 * 4 + (lane & 3);
+#pragma unroll
+            for (int x = 0; x < 2; x++) {
+                if (!live[x] || j >= jend || block_kind(p, rx[x].t, j) != 2) continue;
+                int mi = (lane >> 2) + 8 * x;
+                float z = unit_z<SB>(p, zs, mi, rx[x].mbase & 15, g4 * 4 + (lane & 3));
+                float b2, w;
+                if (prior(sel[x], z, b2, w)) atomicOr(&myMask[j >> 5], 1u << (j & 31));
+            }
+        }
+        __syncwarp();
+        __syncthreads();  // this stage's buffer is restaged two stages later
+    }
+    // local blocks of each warp's rows
+    {
+        int wt0 = 1 << 30, wt1 = -(1 << 30);
+#pragma unroll
+        for (int x = 0; x < 2; x++)
+            if (live[x]) wt0 = min(wt0, rx[x].t), wt1 = max(wt1, rx[x].t);
+        for (int o = 16; o > 0; o >>= 1) {
+            wt0 = min(wt0, __shfl_xor_sync(0xffffffffu, wt0, o));
+            wt1 = max(wt1, __shfl_xor_sync(0xffffffffu, wt1, o));
+        }
+        if (lane == 0 && wt0 <= wt1) {
+            int lo = max(0, (wt0 >> p.bs_log2) - p.n_local + 1);
+            int hi = min(p.nb - 1, p.causal ? (wt1 >> p.bs_log2) : (wt1 >> p.bs_log2) + p.n_local - 1);
+            for (int j = lo; j <= hi; j++) myMask[j >> 5] |= 1u << (j & 31);
+        }
+    }
+    __syncthreads();
+    const i64 t_idx = ((i64)n * p.Hkv + hk) * p.ntiles + tile;
+    u32* gw = p.wmask + t_idx * 4 * p.nbw;
+    u32* gm = p.mask + t_idx * p.nbw;
+    for (int i = tid; i < p.nbw; i += 128) {
+        u32 a = sMaskW[i], b = sMaskW[p.nbw + i], c = sMaskW[2 * p.nbw + i], d = sMaskW[3 * p.nbw + i];
+        gw[i] = a;
+        gw[p.nbw + i] = b;
+        gw[2 * p.nbw + i] = c;
+        gw[3 * p.nbw + i] = d;
+        gm[i] = a | b | c | d;
+    }
+}
+extern "C" __global__ void __launch_bounds__(128) dash_bwd_select_bf16_d64(BwdParams p) { select_impl<true, 64>(p); }
+extern "C" __global__ void __launch_bounds__(128) dash_bwd_select_bf16_d128(BwdParams p) { select_impl<true, 128>(p); }
+extern "C" __global__ void __launch_bounds__(128) dash_bwd_select_f16_d64(BwdParams p) { select_impl<false, 64>(p); }
+extern "C" __global__ void __launch_bounds__(128) dash_bwd_select_f16_d128(BwdParams p) { select_impl<false, 128>(p); }
+
+// ---------------------------------------------------------------------------------------
+// 3. dq: grid (ntiles, Hkv, N), 128 threads. Shared memory (bytes):
 //    sQ,sO 64 x D x 2 each (Q, dO tiles)
 //    sW    64 x (D + 4) x 4 (W per M-row)
 //    sK,sV 2 x BN x D x 2 each
 //    sKb   2 x 4 x D fp32  (pooled keys: 4 slots per buffer)
 //    sZ    4 warps x 16 x 4 fp32, sH 4 x 16 fp32
-//    sMask nbw u32
+//    sMask nbw u32 (the tile's union), sMaskW 4 x nbw u32 (each warp's own union)
 
 template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) {
     constexpr int KST = D / 16, NTS = BN / 8, NTO = D / 8, CH = D / 8;
@@ -291,6 +445,7 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
     float* sZ = sKb + 8 * D;                  // 4 x 64
     float* sH = sZ + 4 * 64;                  // 4 x 16
     u32* sMask = (u32*)(sH + 64);             // nbw
+    u32* sMaskW = sMask + p.nbw;              // 4 x nbw
 
     const int tile = gridDim.x - 1 - blockIdx.x;  // heavy (late causal) tiles first
     const int hk = blockIdx.y, n = blockIdx.z;
@@ -305,7 +460,12 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
     float* zs = sZ + warp * 64;
     float* hs = sH + warp * 16;
 
-    for (int i = tid; i < p.nbw; i += 128) sMask[i] = 0u;
+    u32* myMask = sMaskW + warp * p.nbw;
+    {
+        const i64 t_idx = ((i64)n * p.Hkv + hk) * p.ntiles + tile;
+        for (int i = tid; i < p.nbw; i += 128) sMask[i] = p.mask[t_idx * p.nbw + i];
+        for (int i = tid; i < 4 * p.nbw; i += 128) sMaskW[i] = p.wmask[t_idx * 4 * p.nbw + i];
+    }
     for (int i = tid; i < 8 * D; i += 128) sKb[i] = 0.f;
 
     // Q and dO tiles
@@ -343,11 +503,9 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
     __syncthreads();
     // Q and dO fragments are read from shared memory per use (registers go to dq)
 
-    // ---- a) scan the candidate blocks: selection, union mask, W and S per row
-    int jend = p.nb;
-    if (p.causal) jend = tmax < 0 ? 0 : min(p.nb, max(0, (tmax >> p.bs_log2) - p.n_local + 1));
-    // W lives in shared memory at this thread's own fragment positions (no sharing):
-    // rows A / B of the warp, columns nt * 8 + (lane % 4) * 2 + {0, 1}
+    // W = sum_j s_j kbar_j and S = sum_j s_j per row accumulate over the visited selected
+    // blocks; W lives in shared memory at this thread's own fragment positions (rows A / B
+    // of the warp, columns nt * 8 + (lane % 4) * 2 + {0, 1}), so no two threads share a word.
     float* wA = sW + (warp * 16 + (lane >> 2)) * WS + (lane & 3) * 2;
     float* wB = wA + 8 * WS;
 #pragma unroll
@@ -356,94 +514,7 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
         *(float2*)(wB + nt * 8) = make_float2(0.f, 0.f);
     }
     float Ssum[2] = {0.f, 0.f};
-    {
-        const int ngrp = (jend + 3) >> 2;
-        auto stage = [&](int grp, int buf) {
-            // 4 x D floats = D float4 chunks; 128 threads
-            for (int i = tid; i < D; i += 128) {
-                int slot = i / (D / 4), c4 = i % (D / 4);
-                int j = grp * 4 + slot;
-                const float* src = kbar_h + (i64)min(j, p.nb - 1) * D + c4 * 4;
-                cp_async16(smem_u32(sKb + buf * 4 * D + slot * D + c4 * 4), src, j < jend ? 16 : 0);
-            }
-        };
-        if (ngrp > 0) stage(0, 0);
-        cp_commit();
-        for (int grp = 0; grp < ngrp; grp++) {
-            const int buf = grp & 1;
-            if (grp + 1 < ngrp) {
-                stage(grp + 1, buf ^ 1);
-                cp_commit();
-                cp_wait<1>();
-            } else {
-                cp_wait<0>();
-            }
-            __syncthreads();
-            const float* kb4 = sKb + buf * 4 * D;
-            float zc[4];
-            zdot4<BF16, D>(sQ, warp * 16, kb4, zc);
-            zs[(lane >> 2) * 4 + (lane & 3)] = zc[0] + zc[1];
-            zs[((lane >> 2) + 8) * 4 + (lane & 3)] = zc[2] + zc[3];
-            __syncwarp();
-            const int j = grp * 4 + (lane & 3);
-            float sx[2];
-#pragma unroll
-            for (int x = 0; x < 2; x++) {
-                sx[x] = 0.f;
-                if (!live[x] || j >= jend || block_kind(p, rx[x].t, j) != 2) continue;
-                int mi = (lane >> 2) + 8 * x;
-                float z = unit_z(p, zs, mi, rx[x].mbase & 15, lane & 3);
-                float b2, w;
-                if (prior(sel[x], z, b2, w)) {
-                    sx[x] = w;
-                    atomicOr(&sMask[j >> 5], 1u << (j & 31));
-                }
-            }
-            Ssum[0] += sx[0];
-            Ssum[1] += sx[1];
-            if (__any_sync(0xffffffffu, sx[0] > 0.f || sx[1] > 0.f)) {
-#pragma unroll
-                for (int b = 0; b < 4; b++) {
-                    float sA = __shfl_sync(0xffffffffu, sx[0], (lane & ~3) | b);
-                    float sB = __shfl_sync(0xffffffffu, sx[1], (lane & ~3) | b);
-                    if (!__any_sync(0xffffffffu, sA > 0.f || sB > 0.f)) continue;
-                    const float* kb = kb4 + b * D + (lane & 3) * 2;
-#pragma unroll 4
-                    for (int nt = 0; nt < NTO; nt++) {
-                        float2 kv = *(const float2*)(kb + nt * 8);
-                        float2 a = *(float2*)(wA + nt * 8), c = *(float2*)(wB + nt * 8);
-                        *(float2*)(wA + nt * 8) = make_float2(a.x + sA * kv.x, a.y + sA * kv.y);
-                        *(float2*)(wB + nt * 8) = make_float2(c.x + sB * kv.x, c.y + sB * kv.y);
-                    }
-                }
-            }
-            __syncwarp();
-            __syncthreads();  // sKb[buf] is restaged two groups later
-        }
-    }
-    // S is a per-unit sum: the quad's 4 lanes hold the 4 slots' parts
-#pragma unroll
-    for (int x = 0; x < 2; x++) {
-        Ssum[x] += __shfl_xor_sync(0xffffffffu, Ssum[x], 1);
-        Ssum[x] += __shfl_xor_sync(0xffffffffu, Ssum[x], 2);
-    }
-    // local blocks of the tile's rows
-    if (tid == 0) {
-        int lo = 0, hi = -1;
-        if (!p.causal) {
-            lo = max(0, (tmin >> p.bs_log2) - p.n_local + 1);
-            hi = min(p.nb - 1, (tmax >> p.bs_log2) + p.n_local - 1);
-        } else if (tmax >= 0) {
-            lo = max(0, (max(tmin, 0) >> p.bs_log2) - p.n_local + 1);
-            hi = min(p.nb - 1, tmax >> p.bs_log2);
-        }
-        for (int j = lo; j <= hi; j++) sMask[j >> 5] |= 1u << (j & 31);
-    }
     __syncthreads();
-    {
-        u32* gmask = p.mask + (((i64)n * p.Hkv + hk) * p.ntiles + tile) * p.nbw;
-        for (int i = tid; i < p.nbw; i += 128) gmask[i] = sMask[i];
-    }
 
     // ---- b) fine stage over the union's key chunks
     const int nch = (p.Lk + BN - 1) / BN;
@@ -496,6 +567,9 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
 #pragma unroll
     for (int i = 0; i < NTO; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
     float Hacc[2] = {0.f, 0.f}, SH[2] = {0.f, 0.f};
+    int jprev = -1;  // block whose prior (beta2, sw, cand) is current
+    float beta2[2] = {0.f, 0.f}, sw[2] = {0.f, 0.f};
+    bool cand[2] = {false, false};
     const float sl2 = p.scale * DA_LOG2E;
     const float wprior = p.coarse_scale / (float)hpu;
     const float wprior_q = wprior / p.scale;  // prior terms enter acc, which is scaled by sigma at the end
@@ -518,6 +592,8 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
         const u16* cV = sV + buf * BN * D;
         const float* kb4 = sKb + buf * 4 * D;
         const int j = ci >> bpc_log2;
+        // Warps whose rows neither selected block j nor have it local skip the chunk.
+        if ((myMask[j >> 5] >> (j & 31)) & 1u) {
 
         // S = Q K^T and dP = dO V^T
         float s[NTS][4], dp[NTS][4];
@@ -539,14 +615,14 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
                 mma16816<BF16>(dp[2 * np + 1], of, b[2], b[3]);
             }
         }
-        // coarse score of block j for each row (same arithmetic as the scan)
+        // coarse score of block j for each row (same arithmetic as the scan), once per block
+        if (j != jprev) {
+        jprev = j;
         float zc[4];
-        zdot4<BF16, D>(sQ, warp * 16, kb4, zc);
+        zdot_s<BF16, D>(sQ, warp * 16, kb4 + ((lane >> 2) >> 1) * D, zc);
         zs[(lane >> 2) * 4 + (lane & 3)] = zc[0] + zc[1];
         zs[((lane >> 2) + 8) * 4 + (lane & 3)] = zc[2] + zc[3];
         __syncwarp();
-        float beta2[2], sw[2];
-        bool cand[2];
 #pragma unroll
         for (int x = 0; x < 2; x++) {
             beta2[x] = DA_NEG_INF;
@@ -557,7 +633,7 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
             if (kind == 1) beta2[x] = 0.f;
             else if (kind == 2) {
                 int mi = (lane >> 2) + 8 * x;
-                float z = unit_z(p, zs, mi, rx[x].mbase & 15, j & 3);
+                float z = unit_z<4>(p, zs, mi, rx[x].mbase & 15, j & 3);
                 float b2, w;
                 if (prior(sel[x], z, b2, w)) {
                     beta2[x] = b2;
@@ -567,6 +643,20 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
             }
         }
         __syncwarp();
+        // W += s_j kbar_j, S += s_j
+        if (__any_sync(0xffffffffu, cand[0] || cand[1])) {
+            Ssum[0] += sw[0];
+            Ssum[1] += sw[1];
+            const float* kb = kb4 + (j & 3) * D + (lane & 3) * 2;
+#pragma unroll 4
+            for (int nt = 0; nt < NTO; nt++) {
+                float2 kv = *(const float2*)(kb + nt * 8);
+                float2 a = *(float2*)(wA + nt * 8), c = *(float2*)(wB + nt * 8);
+                *(float2*)(wA + nt * 8) = make_float2(a.x + sw[0] * kv.x, a.y + sw[0] * kv.y);
+                *(float2*)(wB + nt * 8) = make_float2(c.x + sw[1] * kv.x, c.y + sw[1] * kv.y);
+            }
+        }
+        }
 
         const int kbase = ci * BN + (lane & 3) * 2;
         const bool edge = ci * BN + BN > p.Lk || (p.causal && ci * BN + BN - 1 > tmin);
@@ -647,6 +737,7 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
             Hacc[0] = Hacc[1] = 0.f;
             __syncwarp();
         }
+        }  // this warp's chunk
         __syncthreads();
         ci = nxt;
         buf ^= 1;
@@ -684,7 +775,7 @@ DA_BWD_DQ(f16, false, 64, 32)
 DA_BWD_DQ(f16, false, 128, 32)
 
 // ---------------------------------------------------------------------------------------
-// 3. mask [N, Hkv, ntiles, nbw] -> maskt [N, Hkv, nb, ntw]: grid (ntw, nbw, N * Hkv), one
+// 4. mask [N, Hkv, ntiles, nbw] -> maskt [N, Hkv, nb, ntw]: grid (ntw, nbw, N * Hkv), one
 //    warp; lane l reads tile 32 x + l's word y, then 32 ballots transpose the 32 x 32 bits.
 
 extern "C" __global__ void __launch_bounds__(32) dash_bwd_transpose(BwdParams p) {
@@ -702,7 +793,7 @@ extern "C" __global__ void __launch_bounds__(32) dash_bwd_transpose(BwdParams p)
 }
 
 // ---------------------------------------------------------------------------------------
-// 4. dK, dV, d kbar: grid (nb, Hkv, N), NW = B / 16 warps (warp w owns keys 16 w .. 16 w + 15
+// 5. dK, dV, d kbar: grid (nb, Hkv, N), NW = B / 16 warps (warp w owns keys 16 w .. 16 w + 15
 //    of the block). Shared memory (bytes):
 //    sK, sV   B x D x 2 each
 //    sQ, sO   2 buffers x 64 x D x 2 each
@@ -728,6 +819,8 @@ template <bool BF16, int D, int NW> __device__ void dkv_impl(const BwdParams& p)
     int* sT = (int*)(sDz + 64);
     float* sHp = (float*)(sT + 64);  // NW x 64
     float* sZw = sHp + NW * 64;      // 4 x 64 (zdot4 partials, per warp slot)
+    int* sAct = (int*)(sZw + 4 * 64); // 4 quarter flags
+    float* sRaw = (float*)(sAct + 4);  // 2 buffers x {lse, D_r, c, tau} x 64 (prefetched)
 
     const int j = blockIdx.x, hk = blockIdx.y, n = blockIdx.z;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -761,6 +854,21 @@ template <bool BF16, int D, int NW> __device__ void dkv_impl(const BwdParams& p)
         return (w << 5) + __ffs(bits) - 1;
     };
     auto load_tile = [&](int tile, int buf) {
+        if (tid < 64) {  // the rows' saved statistics, prefetched with the tile
+            MRow x = mrow(p, tile, hk, tid);
+            float* raw = sRaw + buf * 256;
+            if (x.valid) {
+                int h0 = p.per_head ? x.h : hk * G;
+                i64 st = ((i64)n * p.Hq + x.h) * p.Lq + x.r;
+                cp_async4(smem_u32(raw + tid), p.lse + (i64)n * p.lse_sn + (i64)x.h * p.lse_sh + (i64)x.r * p.lse_sl);
+                cp_async4(smem_u32(raw + 64 + tid), p.drow + st);
+                cp_async4(smem_u32(raw + 128 + tid), p.crow + st);
+                cp_async4(smem_u32(raw + 192 + tid), p.tau + (i64)n * p.tau_sn + (i64)h0 * p.tau_sh + (i64)x.r * p.tau_sl);
+            } else {
+                raw[tid] = DA_NEG_INF;
+                raw[64 + tid] = raw[128 + tid] = raw[192 + tid] = 0.f;
+            }
+        }
         for (int idx = tid; idx < 64 * CH; idx += NT) {
             int m = idx / CH, c = idx % CH;
             MRow x = mrow(p, tile, hk, m);
@@ -794,14 +902,11 @@ template <bool BF16, int D, int NW> __device__ void dkv_impl(const BwdParams& p)
             cp_wait<0>();
         }
         // per-row statistics of the tile
+        __syncthreads();  // the tile's prefetched rows and statistics are visible
+        const float* raw = sRaw + buf * 256;
         if (tid < 64) {
             MRow x = mrow(p, tile, hk, tid);
-            float lse = DA_NEG_INF, dr = 0.f, c = 0.f;
-            if (x.valid) {
-                lse = p.lse[(i64)n * p.lse_sn + (i64)x.h * p.lse_sh + (i64)x.r * p.lse_sl];
-                dr = p.drow[((i64)n * p.Hq + x.h) * p.Lq + x.r];
-                c = p.crow[((i64)n * p.Hq + x.h) * p.Lq + x.r];
-            }
+            float lse = raw[tid], dr = raw[64 + tid], c = raw[128 + tid];
             bool v = x.valid && lse > DA_NEG_INF;
             sLse2[tid] = v ? lse * DA_LOG2E : DA_POS_INF;
             sDm[tid] = v ? dr : 0.f;
@@ -814,7 +919,7 @@ template <bool BF16, int D, int NW> __device__ void dkv_impl(const BwdParams& p)
         // coarse scores of block j for the tile's 64 M-rows (per head), then per unit
         for (int mt = warp; mt < 4; mt += NW) {
             float zc[4];
-            zdot4<BF16, D>(cQ, mt * 16, sKb, zc);
+            zdot_s<BF16, D>(cQ, mt * 16, sKb + ((lane >> 2) >> 1) * D, zc);
             float* zw = sZw + mt * 64;
             zw[(lane >> 2) * 4 + (lane & 3)] = zc[0] + zc[1];
             zw[((lane >> 2) + 8) * 4 + (lane & 3)] = zc[2] + zc[3];
@@ -829,9 +934,8 @@ template <bool BF16, int D, int NW> __device__ void dkv_impl(const BwdParams& p)
                 if (kind == 1) b2 = 0.f;
                 else if (kind == 2) {
                     int h0 = p.per_head ? x.h : hk * G;
-                    float tau = p.tau[(i64)n * p.tau_sn + (i64)h0 * p.tau_sh + (i64)x.r * p.tau_sl];
-                    Sel sl = make_sel(unit_alpha(p, h0), tau);
-                    float z = unit_z(p, sZw + mt * 64, mi, x.mbase & 15, j & 3);
+                    Sel sl = make_sel(unit_alpha(p, h0), raw[192 + tid]);
+                    float z = unit_z<4>(p, sZw + mt * 64, mi, x.mbase & 15, j & 3);
                     float bb, ww;
                     if (prior(sl, z, bb, ww)) {
                         b2 = bb;
@@ -841,36 +945,42 @@ template <bool BF16, int D, int NW> __device__ void dkv_impl(const BwdParams& p)
             }
             sBeta2[m] = b2;
             sS[m] = w;
+            // quarters (16 M-rows = one forward warp tile) with any row attending block j
+            u32 act = __ballot_sync(0xffffffffu, b2 > DA_NEG_INF);
+            if (lane == 0) {
+                sAct[2 * warp] = (act & 0xffffu) != 0u;
+                sAct[2 * warp + 1] = (act >> 16) != 0u;
+            }
         }
         __syncthreads();
 
-        // two halves of 32 M-rows
+        // quarters of 16 M-rows; those where no row attends block j are skipped
 #pragma unroll 1
-        for (int hf = 0; hf < 2; hf++) {
-            const int m0 = hf * 32;
-            float s[4][4], dp[4][4];
+        for (int qt = 0; qt < 4; qt++) {
+            const int m0 = qt * 16;
+            if (!sAct[qt]) {
+                if (lane < 16) sHp[warp * 64 + m0 + lane] = 0.f;
+                continue;
+            }
+            float s[2][4], dp[2][4];
 #pragma unroll
-            for (int i = 0; i < 4; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
-#pragma unroll 2
+            for (int i = 0; i < 2; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+#pragma unroll 4
             for (int kk = 0; kk < KST; kk++) {
-                u32 ak[4], av[4];
+                u32 ak[4], av[4], b[4];
                 ldsm_x4(ak, smem_u32(sK + swz<D>(kw + (lane & 15), kk * 2 + (lane >> 4))));
                 ldsm_x4(av, smem_u32(sV + swz<D>(kw + (lane & 15), kk * 2 + (lane >> 4))));
-#pragma unroll
-                for (int np = 0; np < 2; np++) {
-                    u32 b[4];
-                    int row = m0 + np * 16 + (lane & 7) + ((lane >> 4) << 3), ch = kk * 2 + ((lane >> 3) & 1);
-                    ldsm_x4(b, smem_u32(cQ + swz<D>(row, ch)));
-                    mma16816<BF16>(s[2 * np], ak, b[0], b[1]);
-                    mma16816<BF16>(s[2 * np + 1], ak, b[2], b[3]);
-                    ldsm_x4(b, smem_u32(cO + swz<D>(row, ch)));
-                    mma16816<BF16>(dp[2 * np], av, b[0], b[1]);
-                    mma16816<BF16>(dp[2 * np + 1], av, b[2], b[3]);
-                }
+                const int row = m0 + (lane & 7) + ((lane >> 4) << 3), ch = kk * 2 + ((lane >> 3) & 1);
+                ldsm_x4(b, smem_u32(cQ + swz<D>(row, ch)));
+                mma16816<BF16>(s[0], ak, b[0], b[1]);
+                mma16816<BF16>(s[1], ak, b[2], b[3]);
+                ldsm_x4(b, smem_u32(cO + swz<D>(row, ch)));
+                mma16816<BF16>(dp[0], av, b[0], b[1]);
+                mma16816<BF16>(dp[1], av, b[2], b[3]);
             }
             // P^T, dS^T, and the column (M-row) sums of exp(sigma qk - lse) (dP - D)
 #pragma unroll
-            for (int nt = 0; nt < 4; nt++) {
+            for (int nt = 0; nt < 2; nt++) {
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const int m = m0 + nt * 8 + (lane & 3) * 2 + e;
@@ -897,29 +1007,26 @@ template <bool BF16, int D, int NW> __device__ void dkv_impl(const BwdParams& p)
                     if (lane < 4) sHp[warp * 64 + m0 + nt * 8 + lane * 2 + e] = h;
                 }
             }
-            // dV += P^T dO, dK += dS^T Q (k = the half's 32 M-rows)
+            // dV += P^T dO, dK += dS^T Q (k = the quarter's 16 M-rows)
+            u32 ap[4], as[4];
+            ap[0] = pack2<BF16>(s[0][0], s[0][1]);
+            ap[1] = pack2<BF16>(s[0][2], s[0][3]);
+            ap[2] = pack2<BF16>(s[1][0], s[1][1]);
+            ap[3] = pack2<BF16>(s[1][2], s[1][3]);
+            as[0] = pack2<BF16>(dp[0][0], dp[0][1]);
+            as[1] = pack2<BF16>(dp[0][2], dp[0][3]);
+            as[2] = pack2<BF16>(dp[1][0], dp[1][1]);
+            as[3] = pack2<BF16>(dp[1][2], dp[1][3]);
 #pragma unroll
-            for (int k2 = 0; k2 < 2; k2++) {
-                u32 ap[4], as[4];
-                ap[0] = pack2<BF16>(s[2 * k2][0], s[2 * k2][1]);
-                ap[1] = pack2<BF16>(s[2 * k2][2], s[2 * k2][3]);
-                ap[2] = pack2<BF16>(s[2 * k2 + 1][0], s[2 * k2 + 1][1]);
-                ap[3] = pack2<BF16>(s[2 * k2 + 1][2], s[2 * k2 + 1][3]);
-                as[0] = pack2<BF16>(dp[2 * k2][0], dp[2 * k2][1]);
-                as[1] = pack2<BF16>(dp[2 * k2][2], dp[2 * k2][3]);
-                as[2] = pack2<BF16>(dp[2 * k2 + 1][0], dp[2 * k2 + 1][1]);
-                as[3] = pack2<BF16>(dp[2 * k2 + 1][2], dp[2 * k2 + 1][3]);
-#pragma unroll
-                for (int dpp = 0; dpp < D / 16; dpp++) {
-                    u32 b[4];
-                    int row = m0 + k2 * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), ch = dpp * 2 + (lane >> 4);
-                    ldsm_x4_t(b, smem_u32(cO + swz<D>(row, ch)));
-                    mma16816<BF16>(dv[2 * dpp], ap, b[0], b[1]);
-                    mma16816<BF16>(dv[2 * dpp + 1], ap, b[2], b[3]);
-                    ldsm_x4_t(b, smem_u32(cQ + swz<D>(row, ch)));
-                    mma16816<BF16>(dk[2 * dpp], as, b[0], b[1]);
-                    mma16816<BF16>(dk[2 * dpp + 1], as, b[2], b[3]);
-                }
+            for (int dpp = 0; dpp < D / 16; dpp++) {
+                u32 b[4];
+                const int row = m0 + (lane & 7) + (((lane >> 3) & 1) << 3), ch = dpp * 2 + (lane >> 4);
+                ldsm_x4_t(b, smem_u32(cO + swz<D>(row, ch)));
+                mma16816<BF16>(dv[2 * dpp], ap, b[0], b[1]);
+                mma16816<BF16>(dv[2 * dpp + 1], ap, b[2], b[3]);
+                ldsm_x4_t(b, smem_u32(cQ + swz<D>(row, ch)));
+                mma16816<BF16>(dk[2 * dpp], as, b[0], b[1]);
+                mma16816<BF16>(dk[2 * dpp + 1], as, b[2], b[3]);
             }
         }
         __syncthreads();

@@ -28,6 +28,7 @@ ap.add_argument("--batches", default="1,8,64")
 ap.add_argument("--kscale", default="1,4,8")
 ap.add_argument("--reps", type=int, default=10)
 ap.add_argument("--skip", default="")
+ap.add_argument("--profile", action="store_true", help="backward: per-kernel times (torch profiler) and tile-level density")
 a = ap.parse_args()
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bindings", "python"))
@@ -121,6 +122,42 @@ def row_sparsity(q, kbar, tau, pos, sigma):
     return 1 - att / dense
 
 
+def tile_density(q, kbar, tau, pos, sigma):
+    """Tile level, as the backward kernels compute: a query tile is 64 / G rows x G heads;
+    a (tile, block) pair is computed when any row of the tile selected the block or has it
+    local. Returns (computed pairs, causal pairs) summed over KV heads."""
+    n, R = q.shape[0], q.shape[1]
+    rt = 64 // G
+    comp = dense = 0
+    for r0 in range(0, R, 2048):
+        qs = q[:, r0:r0 + 2048].float().view(n, -1, HKV, G, D).mean(3)
+        z = sigma * torch.einsum("nrhd,njhd->nrhj", qs, kbar)
+        t = tau[:, ::G, r0:r0 + 2048].permute(0, 2, 1)[..., None]
+        p = pos[r0:r0 + 2048]
+        c = (p // B)[None, :, None, None]
+        j = torch.arange(kbar.shape[1], device=dev)[None, None, None, :]
+        att = (((ALPHA - 1) * z - t > 0) & (j <= c - 1)) | (j == c)
+        rr = att.shape[1] // rt * rt
+        u = att[:, :rr].view(n, rr // rt, rt, HKV, -1).any(2)
+        comp += u.sum().item()
+        dense += (n * HKV * (p[rt - 1:rr:rt] // B + 1)).sum().item()
+    return comp, dense
+
+
+def profile_backward(run):
+    from torch.profiler import profile, ProfilerActivity
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    rows = {}
+    for e in prof.events():
+        if e.device_type.name == "CUDA":
+            rows[e.name] = rows.get(e.name, 0.0) + e.device_time_total / 1e3
+    return ", ".join(f"{k.replace('dash_', '')} {v:.2f} ms" for k, v in sorted(rows.items(), key=lambda kv: -kv[1]))
+
+
 def bench_backward():
     print("\n## Backward (causal, batch 1, Hq=32, Hkv=8, D=128, B=64, bf16)\n")
     print("|     L | kscale | row sparsity | dash bwd ms | cuDNN bwd ms | flash bwd ms | x cuDNN | x flash | dash TF/s (attended) |")
@@ -159,6 +196,14 @@ def bench_backward():
             tf = dense_flops * (1 - sp) / (ms * 1e-3) / 1e12
             print(f"| {L:5d} | {ks:6g} | {100*sp:11.1f}% | {ms:11.3f} | {base['cudnn']:12.3f} | {base['flash']:12.3f} | "
                   f"{base['cudnn']/ms:7.2f} | {base['flash']/ms:7.2f} | {tf:20.1f} |", flush=True)
+            if a.profile and kbar is not None:
+                comp, dense = tile_density(q, kbar, tau, pos, sigma)
+                # 7 matmuls of 64 M-rows x B keys x D per computed (tile, block): dq kernel 3, dkv kernel 4
+                ctf = comp * 64 * B * D * 2 * 7 / (ms * 1e-3) / 1e12
+                print(f"#   L={L} kscale={ks:g}: tile-level sparsity {100*(1-comp/dense):.1f}% ({comp} of {dense} tile-blocks), "
+                      f"{ctf:.1f} TF/s on computed tile-blocks; kernels: "
+                      + profile_backward(lambda: dashattn.backward(q, k, v, o, do, lse, tau, alpha=ALPHA, block_size=B, context=ctx,
+                                                                   dq=out[0], dk=out[1], dv=out[2])), flush=True)
             ctx.close()
             del T, k, v, q, o, lse, tau, do, out
             torch.cuda.empty_cache()

@@ -1,5 +1,5 @@
 //! CUDA backward (SPEC 4), kernels/backward.cu v2: pooled keys (the forward's pool kernel),
-//! D_r = <dO, o>, then per query tile the selection scan + dq (tensor cores), the
+//! D_r = <dO, o>, then per query tile the selection scan and dq (tensor cores), the
 //! selection inverted per key block (bit transpose), and per key block dK/dV/d kbar over
 //! only the tiles that attend it. Every accumulator has a single owner, so the result is
 //! bitwise deterministic (no atomics), and nothing is allocated or synchronised on the host
@@ -34,6 +34,7 @@ struct BwdParams {
     drow: u64,
     crow: u64,
     mask: u64,
+    wmask: u64,
     maskt: u64,
     q_s: [i64; 3],
     k_s: [i64; 3],
@@ -73,7 +74,7 @@ struct BwdParams {
     pad: f32,
 }
 
-const _: () = assert!(std::mem::size_of::<BwdParams>() == 504);
+const _: () = assert!(std::mem::size_of::<BwdParams>() == 512);
 
 /// Launch geometry and workspace layout of one backward call.
 struct Plan {
@@ -85,9 +86,10 @@ struct Plan {
     ntiles: usize,
     nbw: usize,
     ntw: usize,
+    smem_select: usize,
     smem_dq: usize,
     smem_dkv: usize,
-    /// kbar, drow, crow, mask, maskt
+    /// kbar, drow, crow, mask, wmask, maskt
     layout: Layout,
 }
 
@@ -120,11 +122,13 @@ fn plan(dev: &CudaDevice, cfg: &Config, dims: &AttnDims, dtype: DType) -> Result
     let nbw = dims.nb.div_ceil(32);
     let ntw = ntiles.div_ceil(32);
     // kernels/backward.cu: dq_impl and dkv_impl shared-memory carving
-    let smem_dq = 2 * 64 * d * 2 + 64 * (d + 4) * 4 + 4 * bn * d * 2 + 8 * d * 4 + 4 * 64 * 4 + 64 * 4 + nbw * 4;
-    let smem_dkv = 2 * bs * d * 2 + 4 * 64 * d * 2 + 4 * d * 4 + 9 * 64 * 4 + nw * 64 * 4 + 4 * 64 * 4;
+    let smem_select = 64 * d * 2 + 2 * 16 * d * 4 + 4 * 16 * 16 * 4 + 4 * nbw * 4;
+    let smem_dq = 2 * 64 * d * 2 + 64 * (d + 4) * 4 + 4 * bn * d * 2 + 8 * d * 4 + 4 * 64 * 4 + 64 * 4 + 5 * nbw * 4;
+    let smem_dkv = 2 * bs * d * 2 + 4 * 64 * d * 2 + 4 * d * 4 + 9 * 64 * 4 + nw * 64 * 4 + 4 * 64 * 4 + 4 * 4 + 2 * 4 * 64 * 4;
     let optin = dev.props.smem_optin.max(48 * 1024) as usize;
-    if smem_dq.max(smem_dkv) > optin {
-        bail!(Unsupported, "the CUDA backward needs {} bytes of shared memory (nb = {}); this device allows {optin}", smem_dq.max(smem_dkv), dims.nb);
+    let smem_max = smem_select.max(smem_dq).max(smem_dkv);
+    if smem_max > optin {
+        bail!(Unsupported, "the CUDA backward needs {smem_max} bytes of shared memory (nb = {}); this device allows {optin}", dims.nb);
     }
     let b = |parts: &[usize]| crate::params::bytes_of(parts, "CUDA backward workspace");
     let layout = Layout::new(&[
@@ -132,9 +136,10 @@ fn plan(dev: &CudaDevice, cfg: &Config, dims: &AttnDims, dtype: DType) -> Result
         b(&[dims.n, dims.hq, dims.lq, 4])?,
         b(&[dims.n, dims.hq, dims.lq, 4])?,
         b(&[dims.n, dims.hkv, ntiles, nbw, 4])?,
+        b(&[dims.n, dims.hkv, ntiles, 4, nbw, 4])?,
         b(&[dims.n, dims.hkv, dims.nb, ntw, 4])?,
     ])?;
-    Ok(Plan { bf16, bn, nw, rows_per_warp, rows_per_tile, ntiles, nbw, ntw, smem_dq, smem_dkv, layout })
+    Ok(Plan { bf16, bn, nw, rows_per_warp, rows_per_tile, ntiles, nbw, ntw, smem_select, smem_dq, smem_dkv, layout })
 }
 
 pub fn workspace_size(dev: &CudaDevice, cfg: &Config, dims: &AttnDims, dtype: DType) -> Result<usize> {
@@ -199,7 +204,8 @@ pub fn backward(dev: &CudaDevice, stream: usize, cfg: &Config, dims: &AttnDims, 
         drow: base + lay.offsets[1] as u64,
         crow: base + lay.offsets[2] as u64,
         mask: base + lay.offsets[3] as u64,
-        maskt: base + lay.offsets[4] as u64,
+        wmask: base + lay.offsets[4] as u64,
+        maskt: base + lay.offsets[5] as u64,
         q_s: s3(&a.q),
         k_s: s3(&a.k),
         v_s: s3(&a.v),
@@ -242,6 +248,13 @@ pub fn backward(dev: &CudaDevice, stream: usize, cfg: &Config, dims: &AttnDims, 
         if dims.lq > 0 {
             let f = kern.function(if pl.bf16 { "dash_bwd_prep_bf16" } else { "dash_bwd_prep_f16" })?;
             launch(f, ((dims.lq * dims.hq).div_ceil(8), n, 1), 256, 0, stream, &p, "cuLaunchKernel(dash_bwd_prep)")?;
+            let f = kern.function(match (pl.bf16, dims.d) {
+                (true, 64) => "dash_bwd_select_bf16_d64",
+                (true, _) => "dash_bwd_select_bf16_d128",
+                (false, 64) => "dash_bwd_select_f16_d64",
+                (false, _) => "dash_bwd_select_f16_d128",
+            })?;
+            launch(f, (pl.ntiles, hkv, n), 128, pl.smem_select, stream, &p, "cuLaunchKernel(dash_bwd_select)")?;
             let f = kern.function(dq_name(ty, dims.d, pl.bn))?;
             launch(f, (pl.ntiles, hkv, n), 128, pl.smem_dq, stream, &p, "cuLaunchKernel(dash_bwd_dq)")?;
             if pl.nbw > 0 {
