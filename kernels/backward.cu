@@ -45,6 +45,7 @@ struct BwdParams {
     u16 *dq, *dk, *dv, *dpooled;  // dpooled: null unless the caller passed pooled keys
     float *drow;              // ws [N, Hq, Lq]
     float *crow;              // ws [N, Hq, Lq]
+    u32 *kbhl;                // ws [N, Hkv, nb, 2, D / 2]    kbar as packed hi / lo pairs
     u32 *mask;                // ws [N, Hkv, ntiles, nbw]     tile union (selected + local)
     u32 *wmask;               // ws [N, Hkv, ntiles, 4, nbw]  per warp (16 M-rows)
     u32 *maskt;               // ws [N, Hkv, nb, ntw]
@@ -64,7 +65,7 @@ struct BwdParams {
     int bs, bs_log2, n_local, causal, per_head, rows_per_warp, rows_per_tile, aligned16, pad0;
     float alpha_default, scale, coarse_scale, pad;
 };
-static_assert(sizeof(BwdParams) == 512, "BwdParams layout");
+static_assert(sizeof(BwdParams) == 520, "BwdParams layout");
 
 // ---------------------------------------------------------------------------------------
 // helpers (the same PTX idioms as kernels/forward.cu; each file compiles standalone)
@@ -231,6 +232,18 @@ template <bool BF16, int D> __device__ __forceinline__ void zdot_b(const float* 
         b1 = pack2<BF16>(x8 - lo_f32<BF16>(h1), x9 - hi_f32<BF16>(h1));
     }
 }
+// The same B fragment values, precomputed (dash_bwd_split, with the same conversions) and
+// staged in shared memory as one key = [hi pairs D/2, 4 pad][lo pairs D/2, 4 pad] words, so
+// the 8 (slot, part) columns of a warp read 8 different bank quads. null: zeros.
+template <int D> __device__ __forceinline__ void zdot_b2(const u32* kb2, int kk, u32& b0, u32& b1) {
+    const int lane = threadIdx.x & 31;
+    b0 = b1 = 0u;
+    if (kb2) {
+        const u32* w = kb2 + ((lane >> 2) & 1) * (D / 2 + 4) + kk * 8 + (lane & 3);
+        b0 = w[0];
+        b1 = w[4];
+    }
+}
 // A fragments read from the swizzled tile sQ (rows m0 .. m0 + 15)
 template <bool BF16, int D> __device__ __forceinline__ void zdot_s(const u16* sQ, int m0, const float* kb, float* zc) {
     const int lane = threadIdx.x & 31;
@@ -243,16 +256,32 @@ template <bool BF16, int D> __device__ __forceinline__ void zdot_s(const u16* sQ
         mma16816<BF16>(zc, a, b0, b1);
     }
 }
-// A fragments held in registers
-template <bool BF16, int D> __device__ __forceinline__ void zdot_r(const u32 (*qf)[4], const float* kb, float* zc) {
+// A fragments held in registers, pre-split keys
+template <bool BF16, int D> __device__ __forceinline__ void zdot_r2(const u32 (*qf)[4], const u32* kb2, float* zc) {
     zc[0] = zc[1] = zc[2] = zc[3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
         u32 b0, b1;
-        zdot_b<BF16, D>(kb, kk, b0, b1);
+        zdot_b2<D>(kb2, kk, b0, b1);
         mma16816<BF16>(zc, qf[kk], b0, b1);
     }
 }
+
+// kbar fp32 -> packed hi / lo pairs (the conversions of zdot_b): grid (nb, Hkv, N), D / 2
+// threads, thread i converts the pair (2i, 2i + 1).
+template <bool BF16> __device__ void split_impl(const BwdParams& p) {
+    const int j = blockIdx.x, hk = blockIdx.y, n = blockIdx.z, i = threadIdx.x;
+    if (2 * i >= p.D) return;
+    const i64 key = ((i64)n * p.Hkv + hk) * p.nb + j;
+    const float* kb = p.kbar + key * p.D;
+    float x0 = kb[2 * i], x1 = kb[2 * i + 1];
+    u32 h = pack2<BF16>(x0, x1);
+    u32 l = pack2<BF16>(x0 - lo_f32<BF16>(h), x1 - hi_f32<BF16>(h));
+    p.kbhl[key * p.D + i] = h;
+    p.kbhl[key * p.D + p.D / 2 + i] = l;
+}
+extern "C" __global__ void dash_bwd_split_bf16(BwdParams p) { split_impl<true>(p); }
+extern "C" __global__ void dash_bwd_split_f16(BwdParams p) { split_impl<false>(p); }
 
 // Unit coarse score of M-row `mi` (0..15 within the warp) for column `col` from the warp's
 // per-head partial scores zs[16][ZS]: the group mean for per-group selection (same order
@@ -290,20 +319,20 @@ extern "C" __global__ void __launch_bounds__(256) dash_bwd_prep_f16(BwdParams p)
 
 // ---------------------------------------------------------------------------------------
 // 2. selection: grid (ntiles, Hkv, N), 128 threads (4 warps x 16 M-rows, the forward's tile).
-//    Coarse scores of every candidate block (A fragments in registers, pooled keys staged
-//    SB blocks at a time), the exact per-row selection from the saved tau, and per warp the
+//    Coarse scores of every candidate block (A fragments in registers, pre-split pooled keys
+//    staged SB blocks at a time), the exact per-row selection from the saved tau, and per warp the
 //    union of its rows' selected + local blocks -> wmask [N, Hkv, ntiles, 4, nbw]; the
 //    tile's union -> mask [N, Hkv, ntiles, nbw]. Small register footprint, so many CTAs per
 //    SM hide the latency of this O(L^2 / B) scan. Shared memory (bytes):
-//    sQ 64 x D x 2, sKs 2 x SB x D x 4, sZ 4 x 16 x SB x 4, sMaskW 4 x nbw x 4.
+//    sQ 64 x D x 2, sKs 2 x SB x (D + 8) x 4, sZ 4 x 16 x (SB + 4) x 4, sMaskW 4 x nbw x 4.
 
 template <bool BF16, int D> __device__ void select_impl(const BwdParams& p) {
-    constexpr int KST = D / 16, CH = D / 8, SB = 16;
+    constexpr int KST = D / 16, CH = D / 8, SB = 16, KS = D + 8, ZS = SB + 4;  // strides (words): staged key, z row
     extern __shared__ __align__(16) unsigned char smem_raw[];
     u16* sQ = (u16*)smem_raw;
-    float* sKs = (float*)(sQ + 64 * D);
-    float* sZ = sKs + 2 * SB * D;
-    u32* sMaskW = (u32*)(sZ + 4 * 16 * SB);
+    u32* sKs = (u32*)(sQ + 64 * D);  // SB keys x KS u32 (pre-split pairs, padded) per buffer
+    float* sZ = (float*)(sKs + 2 * SB * KS);
+    u32* sMaskW = (u32*)(sZ + 4 * 16 * ZS);
 
     const int tile = gridDim.x - 1 - blockIdx.x;
     const int hk = blockIdx.y, n = blockIdx.z;
@@ -311,8 +340,8 @@ template <bool BF16, int D> __device__ void select_impl(const BwdParams& p) {
     const int G = p.G, RT = p.rows_per_tile;
     const int rlast = min(tile * RT + RT, p.Lq) - 1;
     const int tmax = p.Lk - p.Lq + rlast;
-    const float* kbar_h = p.kbar + ((i64)n * p.Hkv + hk) * p.nb * D;
-    float* zs = sZ + warp * 16 * SB;
+    const u32* kbhl_h = p.kbhl + ((i64)n * p.Hkv + hk) * p.nb * D;
+    float* zs = sZ + warp * 16 * ZS;
     u32* myMask = sMaskW + warp * p.nbw;
     for (int i = tid; i < 4 * p.nbw; i += 128) sMaskW[i] = 0u;
 
@@ -350,7 +379,8 @@ template <bool BF16, int D> __device__ void select_impl(const BwdParams& p) {
         for (int i = tid; i < SB * D / 4; i += 128) {
             int jj = i / (D / 4), c4 = i % (D / 4);
             int j = st * SB + jj;
-            cp_async16(smem_u32(sKs + (buf * SB + jj) * D + c4 * 4), kbar_h + (i64)min(j, p.nb - 1) * D + c4 * 4, j < jend ? 16 : 0);
+            int dst = c4 * 4 + (c4 >= D / 8 ? 4 : 0);  // lo half after a 4-word pad
+            cp_async16(smem_u32(sKs + (buf * SB + jj) * KS + dst), kbhl_h + (i64)min(j, p.nb - 1) * D + c4 * 4, j < jend ? 16 : 0);
         }
     };
     if (nst > 0) stage(0, 0);
@@ -369,9 +399,9 @@ template <bool BF16, int D> __device__ void select_impl(const BwdParams& p) {
 #pragma unroll
         for (int g4 = 0; g4 < SB / 4; g4++) {
             float zc[4];
-            zdot_r<BF16, D>(qf, sKs + (buf * SB + g4 * 4 + ((lane >> 2) >> 1)) * D, zc);
-            zs[(lane >> 2) * SB + g4 * 4 + (lane & 3)] = zc[0] + zc[1];
-            zs[((lane >> 2) + 8) * SB + g4 * 4 + (lane & 3)] = zc[2] + zc[3];
+            zdot_r2<BF16, D>(qf, sKs + (buf * SB + g4 * 4 + ((lane >> 2) >> 1)) * KS, zc);
+            zs[(lane >> 2) * ZS + g4 * 4 + (lane & 3)] = zc[0] + zc[1];
+            zs[((lane >> 2) + 8) * ZS + g4 * 4 + (lane & 3)] = zc[2] + zc[3];
         }
         __syncwarp();
 #pragma unroll
@@ -381,7 +411,7 @@ template <bool BF16, int D> __device__ void select_impl(const BwdParams& p) {
             for (int x = 0; x < 2; x++) {
                 if (!live[x] || j >= jend || block_kind(p, rx[x].t, j) != 2) continue;
                 int mi = (lane >> 2) + 8 * x;
-                float z = unit_z<SB>(p, zs, mi, rx[x].mbase & 15, g4 * 4 + (lane & 3));
+                float z = unit_z<ZS>(p, zs, mi, rx[x].mbase & 15, g4 * 4 + (lane & 3));
                 float b2, w;
                 if (prior(sel[x], z, b2, w)) atomicOr(&myMask[j >> 5], 1u << (j & 31));
             }
@@ -424,54 +454,55 @@ extern "C" __global__ void __launch_bounds__(128) dash_bwd_select_f16_d64(BwdPar
 extern "C" __global__ void __launch_bounds__(128) dash_bwd_select_f16_d128(BwdParams p) { select_impl<false, 128>(p); }
 
 // ---------------------------------------------------------------------------------------
-// 3. dq: grid (ntiles, Hkv, N), 128 threads. Shared memory (bytes):
-//    sQ,sO 64 x D x 2 each (Q, dO tiles)
-//    sW    64 x (D + 4) x 4 (W per M-row)
+// 3. dq: grid (4 ntiles, Hkv, N), one warp per CTA: the warp owns one quarter of a tile
+//    (16 M-rows, the forward's warp tile) and walks only its own union (wmask), so no warp
+//    waits at a barrier for blocks it does not attend. Shared memory (bytes):
+//    sQ,sO 16 x D x 2 each (Q, dO rows)
+//    sW    16 x (D + 4) x 4 (W per M-row)
 //    sK,sV 2 x BN x D x 2 each
 //    sKb   2 x 4 x D fp32  (pooled keys: 4 slots per buffer)
-//    sZ    4 warps x 16 x 4 fp32, sH 4 x 16 fp32
-//    sMask nbw u32 (the tile's union), sMaskW 4 x nbw u32 (each warp's own union)
+//    sZ    16 x 4 fp32, sH 16 fp32, sMaskW nbw u32
 
 template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) {
     constexpr int KST = D / 16, NTS = BN / 8, NTO = D / 8, CH = D / 8;
     constexpr int WS = D + 4;  // row stride of W (fp32)
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    u16* sQ = (u16*)smem_raw;                 // 64 x D
-    u16* sO = sQ + 64 * D;                    // 64 x D (dO)
-    float* sW = (float*)(sO + 64 * D);        // 64 x WS
-    u16* sK = (u16*)(sW + 64 * WS);           // 2 x BN x D
+    u16* sQ = (u16*)smem_raw;                 // 16 x D
+    u16* sO = sQ + 16 * D;                    // 16 x D (dO)
+    float* sW = (float*)(sO + 16 * D);        // 16 x WS
+    u16* sK = (u16*)(sW + 16 * WS);           // 2 x BN x D
     u16* sV = sK + 2 * BN * D;                // 2 x BN x D
     float* sKb = (float*)(sV + 2 * BN * D);   // 2 x 4 x D
-    float* sZ = sKb + 8 * D;                  // 4 x 64
-    float* sH = sZ + 4 * 64;                  // 4 x 16
-    u32* sMask = (u32*)(sH + 64);             // nbw
-    u32* sMaskW = sMask + p.nbw;              // 4 x nbw
+    float* sZ = sKb + 8 * D;                  // 16 x 4
+    float* sH = sZ + 64;                      // 16
+    u32* sMaskW = (u32*)(sH + 16);            // nbw
 
-    const int tile = gridDim.x - 1 - blockIdx.x;  // heavy (late causal) tiles first
+    const int qb = gridDim.x - 1 - blockIdx.x;  // heavy (late causal) tiles first
+    const int tile = qb >> 2, quarter = qb & 3, mq = quarter * 16;
     const int hk = blockIdx.y, n = blockIdx.z;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int tid = threadIdx.x, warp = 0, lane = tid;
     const int G = p.G, RT = p.rows_per_tile;
     const bool aligned = p.aligned16 != 0;
-    const int r0 = tile * RT;
-    const int rlast = min(r0 + RT, p.Lq) - 1;
+    const int r0 = tile * RT + quarter * p.rows_per_warp;  // this quarter's rows
+    if (r0 >= p.Lq) return;
+    const int rlast = min(r0 + p.rows_per_warp, p.Lq) - 1;
     const int tmax = p.Lk - p.Lq + rlast, tmin = p.Lk - p.Lq + r0;
     const int hpu = p.per_head ? 1 : G;
     const float* kbar_h = p.kbar + ((i64)n * p.Hkv + hk) * p.nb * D;
-    float* zs = sZ + warp * 64;
-    float* hs = sH + warp * 16;
+    float* zs = sZ;
+    float* hs = sH;
 
-    u32* myMask = sMaskW + warp * p.nbw;
+    u32* myMask = sMaskW;
     {
         const i64 t_idx = ((i64)n * p.Hkv + hk) * p.ntiles + tile;
-        for (int i = tid; i < p.nbw; i += 128) sMask[i] = p.mask[t_idx * p.nbw + i];
-        for (int i = tid; i < 4 * p.nbw; i += 128) sMaskW[i] = p.wmask[t_idx * 4 * p.nbw + i];
+        for (int i = tid; i < p.nbw; i += 32) sMaskW[i] = p.wmask[(t_idx * 4 + quarter) * p.nbw + i];
     }
-    for (int i = tid; i < 8 * D; i += 128) sKb[i] = 0.f;
+    for (int i = tid; i < 8 * D; i += 32) sKb[i] = 0.f;
 
-    // Q and dO tiles
-    for (int idx = tid; idx < 64 * CH; idx += 128) {
+    // Q and dO rows of the quarter
+    for (int idx = tid; idx < 16 * CH; idx += 32) {
         int m = idx / CH, c = idx % CH;
-        MRow x = mrow(p, tile, hk, m);
+        MRow x = mrow(p, tile, hk, mq + m);
         int rr = x.valid ? x.r : 0;
         load16(sQ + swz<D>(m, c), p.q + (i64)n * p.q_sn + (i64)rr * p.q_sl + (i64)x.h * p.q_sh + c * 8, x.valid, aligned);
         load16(sO + swz<D>(m, c), p.dout + (i64)n * p.do_sn + (i64)rr * p.do_sl + (i64)x.h * p.do_sh + c * 8, x.valid, aligned);
@@ -485,7 +516,7 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
     float lse2[2], Dm[2];
 #pragma unroll
     for (int x = 0; x < 2; x++) {
-        rx[x] = mrow(p, tile, hk, warp * 16 + (lane >> 2) + 8 * x);
+        rx[x] = mrow(p, tile, hk, mq + (lane >> 2) + 8 * x);
         float lse = DA_NEG_INF, tau = 0.f, dr = 0.f;
         int h0 = p.per_head ? rx[x].h : hk * G;
         if (rx[x].valid) {
@@ -523,7 +554,7 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
         while (ci < nch) {
             if (p.causal && ci * BN > tmax) return -1;
             int j = ci >> bpc_log2;
-            u32 wd = sMask[j >> 5] >> (j & 31);
+            u32 wd = myMask[j >> 5] >> (j & 31);
             if (wd & 1u) return ci;
             if (wd == 0u) j = ((j >> 5) + 1) << 5;
             else j += __ffs(wd) - 1;
@@ -531,12 +562,14 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
         }
         return -1;
     };
-    constexpr int RSTEP = 128 / CH;
+    // K/V chunk loader: lane copies 16-byte chunk lc of rows ldrow + RSTEP * it. RSTEP < 8,
+    // so the swizzled offset is computed per row.
+    constexpr int RSTEP = 32 / CH;
     const int ldrow = tid / CH, lc = tid % CH;
     const u16* kthr = p.k + (i64)n * p.k_sn + (i64)hk * p.k_sh + (i64)ldrow * p.k_sl + lc * 8;
     const u16* vthr = p.v + (i64)n * p.v_sn + (i64)hk * p.v_sh + (i64)ldrow * p.v_sl + lc * 8;
     const i64 kstep = (i64)RSTEP * p.k_sl, vstep = (i64)RSTEP * p.v_sl;
-    const u32 sK0 = smem_u32(sK + swz<D>(ldrow, lc)), sV0 = smem_u32(sV + swz<D>(ldrow, lc));
+    const u32 sKbase = smem_u32(sK), sVbase = smem_u32(sV);
     auto load_kv = [&](int ci, int buf) {
         if (aligned) {
             const u16* kp = kthr + (i64)ci * BN * p.k_sl;
@@ -545,12 +578,12 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
 #pragma unroll
             for (int it = 0; it < BN / RSTEP; it++) {
                 bool valid = i0 + it * RSTEP < p.Lk;
-                u32 so = (u32)((buf * BN * D + it * RSTEP * D) * 2);
-                cp_async16(sK0 + so, valid ? (const void*)(kp + it * kstep) : (const void*)p.k, valid ? 16 : 0);
-                cp_async16(sV0 + so, valid ? (const void*)(vp + it * vstep) : (const void*)p.v, valid ? 16 : 0);
+                u32 so = (u32)((buf * BN * D + swz<D>(ldrow + it * RSTEP, lc)) * 2);
+                cp_async16(sKbase + so, valid ? (const void*)(kp + it * kstep) : (const void*)p.k, valid ? 16 : 0);
+                cp_async16(sVbase + so, valid ? (const void*)(vp + it * vstep) : (const void*)p.v, valid ? 16 : 0);
             }
         } else {
-            for (int idx = tid; idx < BN * CH; idx += 128) {
+            for (int idx = tid; idx < BN * CH; idx += 32) {
                 int row = idx / CH, c = idx % CH;
                 int i = ci * BN + row;
                 bool valid = i < p.Lk;
@@ -560,7 +593,7 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
             }
         }
         int j = ci >> bpc_log2;
-        if (tid < D / 4) cp_async16(smem_u32(sKb + buf * 4 * D + (j & 3) * D + tid * 4), kbar_h + (i64)j * D + tid * 4, 16);
+        for (int i = tid; i < D / 4; i += 32) cp_async16(smem_u32(sKb + buf * 4 * D + (j & 3) * D + i * 4), kbar_h + (i64)j * D + i * 4, 16);
     };
 
     float acc[NTO][4];
@@ -592,8 +625,7 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
         const u16* cV = sV + buf * BN * D;
         const float* kb4 = sKb + buf * 4 * D;
         const int j = ci >> bpc_log2;
-        // Warps whose rows neither selected block j nor have it local skip the chunk.
-        if ((myMask[j >> 5] >> (j & 31)) & 1u) {
+        {
 
         // S = Q K^T and dP = dO V^T
         float s[NTS][4], dp[NTS][4];
@@ -766,7 +798,7 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
 }
 
 #define DA_BWD_DQ(T, BF, D, BN) \
-    extern "C" __global__ void __launch_bounds__(128, 1) dash_bwd_dq_##T##_d##D##_bn##BN(BwdParams p) { dq_impl<BF, D, BN>(p); }
+    extern "C" __global__ void __launch_bounds__(32, 1) dash_bwd_dq_##T##_d##D##_bn##BN(BwdParams p) { dq_impl<BF, D, BN>(p); }
 DA_BWD_DQ(bf16, true, 64, 64)
 DA_BWD_DQ(bf16, true, 64, 32)
 DA_BWD_DQ(bf16, true, 128, 32)

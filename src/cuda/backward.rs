@@ -33,6 +33,7 @@ struct BwdParams {
     dpooled: u64,
     drow: u64,
     crow: u64,
+    kbhl: u64,
     mask: u64,
     wmask: u64,
     maskt: u64,
@@ -74,7 +75,7 @@ struct BwdParams {
     pad: f32,
 }
 
-const _: () = assert!(std::mem::size_of::<BwdParams>() == 512);
+const _: () = assert!(std::mem::size_of::<BwdParams>() == 520);
 
 /// Launch geometry and workspace layout of one backward call.
 struct Plan {
@@ -89,7 +90,7 @@ struct Plan {
     smem_select: usize,
     smem_dq: usize,
     smem_dkv: usize,
-    /// kbar, drow, crow, mask, wmask, maskt
+    /// kbar, drow, crow, mask, wmask, maskt, kbhl
     layout: Layout,
 }
 
@@ -122,8 +123,8 @@ fn plan(dev: &CudaDevice, cfg: &Config, dims: &AttnDims, dtype: DType) -> Result
     let nbw = dims.nb.div_ceil(32);
     let ntw = ntiles.div_ceil(32);
     // kernels/backward.cu: dq_impl and dkv_impl shared-memory carving
-    let smem_select = 64 * d * 2 + 2 * 16 * d * 4 + 4 * 16 * 16 * 4 + 4 * nbw * 4;
-    let smem_dq = 2 * 64 * d * 2 + 64 * (d + 4) * 4 + 4 * bn * d * 2 + 8 * d * 4 + 4 * 64 * 4 + 64 * 4 + 5 * nbw * 4;
+    let smem_select = 64 * d * 2 + 2 * 16 * (d + 8) * 4 + 4 * 16 * 20 * 4 + 4 * nbw * 4;
+    let smem_dq = 2 * 16 * d * 2 + 16 * (d + 4) * 4 + 4 * bn * d * 2 + 8 * d * 4 + 64 * 4 + 16 * 4 + nbw * 4;
     let smem_dkv = 2 * bs * d * 2 + 4 * 64 * d * 2 + 4 * d * 4 + 9 * 64 * 4 + nw * 64 * 4 + 4 * 64 * 4 + 4 * 4 + 2 * 4 * 64 * 4;
     let optin = dev.props.smem_optin.max(48 * 1024) as usize;
     let smem_max = smem_select.max(smem_dq).max(smem_dkv);
@@ -138,6 +139,7 @@ fn plan(dev: &CudaDevice, cfg: &Config, dims: &AttnDims, dtype: DType) -> Result
         b(&[dims.n, dims.hkv, ntiles, nbw, 4])?,
         b(&[dims.n, dims.hkv, ntiles, 4, nbw, 4])?,
         b(&[dims.n, dims.hkv, dims.nb, ntw, 4])?,
+        b(&[dims.n, dims.hkv, dims.nb, d, 4])?,
     ])?;
     Ok(Plan { bf16, bn, nw, rows_per_warp, rows_per_tile, ntiles, nbw, ntw, smem_select, smem_dq, smem_dkv, layout })
 }
@@ -206,6 +208,7 @@ pub fn backward(dev: &CudaDevice, stream: usize, cfg: &Config, dims: &AttnDims, 
         mask: base + lay.offsets[3] as u64,
         wmask: base + lay.offsets[4] as u64,
         maskt: base + lay.offsets[5] as u64,
+        kbhl: base + lay.offsets[6] as u64,
         q_s: s3(&a.q),
         k_s: s3(&a.k),
         v_s: s3(&a.v),
@@ -254,9 +257,13 @@ pub fn backward(dev: &CudaDevice, stream: usize, cfg: &Config, dims: &AttnDims, 
                 (false, 64) => "dash_bwd_select_f16_d64",
                 (false, _) => "dash_bwd_select_f16_d128",
             })?;
+            if dims.nb > 0 {
+                let split = kern.function(if pl.bf16 { "dash_bwd_split_bf16" } else { "dash_bwd_split_f16" })?;
+                launch(split, (dims.nb, hkv, n), dims.d / 2, 0, stream, &p, "cuLaunchKernel(dash_bwd_split)")?;
+            }
             launch(f, (pl.ntiles, hkv, n), 128, pl.smem_select, stream, &p, "cuLaunchKernel(dash_bwd_select)")?;
             let f = kern.function(dq_name(ty, dims.d, pl.bn))?;
-            launch(f, (pl.ntiles, hkv, n), 128, pl.smem_dq, stream, &p, "cuLaunchKernel(dash_bwd_dq)")?;
+            launch(f, (4 * pl.ntiles, hkv, n), 32, pl.smem_dq, stream, &p, "cuLaunchKernel(dash_bwd_dq)")?;
             if pl.nbw > 0 {
                 let f = kern.function("dash_bwd_transpose")?;
                 launch(f, (pl.ntw, pl.nbw, n * hkv), 32, 0, stream, &p, "cuLaunchKernel(dash_bwd_transpose)")?;
