@@ -28,6 +28,7 @@ ap.add_argument("--batches", default="1,8,64")
 ap.add_argument("--kscale", default="1,4,8")
 ap.add_argument("--reps", type=int, default=10)
 ap.add_argument("--skip", default="")
+ap.add_argument("--kernels", action="store_true", help="decode: per-kernel device times (torch.profiler, eager calls)")
 a = ap.parse_args()
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bindings", "python"))
@@ -177,6 +178,21 @@ def entmax_tau(z, alpha, valid):
     return lo
 
 
+def kernel_times(fn, reps=5):
+    """Mean device microseconds per call of each dash_* kernel launched by fn."""
+    from torch.profiler import profile, ProfilerActivity
+    fn(); torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    tot = {}
+    for e in prof.events():
+        if e.name.startswith("dash_"):
+            tot[e.name] = tot.get(e.name, 0.0) + e.device_time_total
+    return ", ".join(f"{k} {v / reps:.1f}" for k, v in sorted(tot.items(), key=lambda kv: -kv[1]))
+
+
 def bench_decode():
     print("\n## Decode (one token per sequence, Hq=32, Hkv=8, D=128, B=64, bf16, pages of 64)\n")
     print("| batch | context | kscale | block sparsity | dash us | cuDNN us | flash us | x cuDNN | x flash | dash GB/s on bytes read |")
@@ -230,6 +246,8 @@ def bench_decode():
                         base[name] = float("nan")
                 print(f"| {n:5d} | {L:7d} | {ks:6g} | {100*sparsity:13.1f}% | {us:7.1f} | {base['cudnn']:8.1f} | {base['flash']:8.1f} | "
                       f"{base['cudnn']/us:7.2f} | {base['flash']/us:7.2f} | {bytes_read/(us*1e-6)/1e9:23.0f} |", flush=True)
+                if a.kernels:
+                    print(f"#   kernels (n={n}, L={L}, kscale={ks:g}): {kernel_times(lambda: dashattn.decode(q, kc, vc, pooled, table, lens, alpha=ALPHA, block_size=B, context=ctx, out=o))}", flush=True)
                 ctx.close()
                 del k, v, q, kc, vc, pooled, o, kd, vd, qd
                 torch.cuda.empty_cache()
