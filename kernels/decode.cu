@@ -66,10 +66,13 @@ struct DecParams {
     float *lse_part;  // ws [splits, N, Hq, q_len]
     int n, q_len, hq, hkv, d, bs, ps, num_pages, max_pages, nbmax, n_local, per_head, group, splits;
     float alpha, sigma, sigma_c;
-    int cb;  // v2 score kernel: candidate blocks per CTA
+    int cb;      // v2 score kernel: candidate blocks per CTA
+    float *lse;  // v2: [N, Hq, q_len] output or null (v1 merges through MergeParams)
+    i64 sl_n, sl_h, sl_l;
+    int *cnt;  // ws [rows_total]: v2 per-row count of finished splits (fused merge)
 };
 // Must match src/cuda/decode.rs `DecParams` (#[repr(C)]).
-static_assert(sizeof(DecParams) == 360, "DecParams layout");
+static_assert(sizeof(DecParams) == 400, "DecParams layout");
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -483,7 +486,7 @@ __device__ __forceinline__ i64 score_row(const DecParams &p, int b, int hk, int 
 // when R = 1, else 4: further row groups re-read the keys, from L2).
 template <typename T, int D, int RT>
 __device__ __forceinline__ void dec_score(const DecParams &p) {
-    constexpr int LPK = D / 8, KPW = 32 / LPK, U = 4, NW = 8;
+    constexpr int LPK = D / 8, KPW = 32 / LPK, U = 8, NW = 8;
     extern __shared__ float qs[];
     const int chunk = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
     const int G = p.group;
@@ -594,6 +597,7 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     const i64 t = (i64)len - p.q_len + r;
     const int ncand = t >= 0 ? (int)max((i64)0, t / p.bs - p.n_local + 1) : 0;
     const float alpha = fminf(fmaxf(p.head_alpha ? p.head_alpha[h0 * p.ha_stride] : p.alpha, 1.f), 2.f);
+    if (tid == 0) p.cnt[ru] = 0;  // the attention's finished-split counter of this row
     const float *z = p.z + ru * p.nbmax;
     float zc[SEL_C];
     float mx = -DA_INF;
@@ -708,38 +712,80 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
 }
 
 // ---------------------------------------------------------------- v2 split-KV attention
-// grid (N*units, splits, q_len), block 128. Work of a CTA: its share of the row's blocks
-// (selected + local) in tiles of TK = min(B, 64) keys. K and V tiles go global -> smem by
-// cp.async (16 bytes a thread, double buffered), stored with the 16-byte chunk index
-// XOR (key & 7) so that the per-key score reads and the per-dimension P*V reads are free
-// of bank conflicts. Scores: a thread per (head, key); online softmax: a warp per head;
-// P*V: a thread per (head, pair of dimensions), accumulators in registers.
-// Dynamic smem: K[2][64][D], V[2][64][D] (T), q[hpu][D], sc[hpu][64], m, l, scale[hpu]
-// (floats), ok[2][64] (int).
+// grid (N*units, splits, q_len), block 128 (4 warps). Work of a CTA: its share of the row's
+// blocks (selected + local) in tiles of TK = min(B, 64) keys. K and V tiles go global ->
+// smem by cp.async (16 bytes a thread, double buffered), rows stored with the 16-byte
+// chunk index XOR (key & 7) (conflict-free ldmatrix). Tensor cores (mma.sync m16n8k16):
+// the unit's heads are the M rows (zero-padded to 16), warp w takes keys [16w, 16w+16) of
+// every tile with its own online-softmax state (log2 domain, P rounded to T for P V as in
+// the forward); the 4 warp states merge in smem at the end. Then, fused merge: a split
+// with work writes its partial (o, lse) to the workspace; the last one to finish (a
+// per-row counter, zeroed by dec_select every call) merges all partials in split order
+// (deterministic) into o / lse. A row whose work fits one split writes o directly.
+// Dynamic smem: K[2][64][D], V[2][64][D], Q[16][D] (T), ok[2][64] (int), misc.
 #define ATT_NT 128
+#define DA_LOG2E 1.4426950408889634f
+#define DA_LN2 0.6931471805599453f
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+template <typename T> __device__ __forceinline__ u32 pack2(float lo, float hi);
+template <> __device__ __forceinline__ u32 pack2<bf16_t>(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <> __device__ __forceinline__ u32 pack2<f16_t>(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ void ldsm_x4(u32 *r, u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(u32 *r, u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+template <typename T> __device__ __forceinline__ void mma16816(float *c, const u32 *a, u32 b0, u32 b1);
+template <> __device__ __forceinline__ void mma16816<bf16_t>(float *c, const u32 *a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<f16_t>(float *c, const u32 *a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ float ldcg(const float *ptr) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(ptr));
+    return v;
+}
+// element offset of 16-byte chunk `chunk` of row `row` in a [rows][D] 16-bit tile
+template <int D> __device__ __forceinline__ int swz(int row, int chunk) { return row * D + ((chunk ^ (row & 7)) << 3); }
+
 template <typename T, int D>
 __device__ __forceinline__ void dec_attn(const DecParams &p) {
-    constexpr int CPK = D / 8, TKM = 64, TPT = 16 * D / 2 / ATT_NT;
+    constexpr int KST = D / 16, NTO = D / 8, CPK = D / 8, TKM = 64;
     extern __shared__ uint4 smv[];
-    uint4 *Ks = smv, *Vs = smv + 2 * TKM * CPK;
-    float *q = (float *)(Vs + 2 * TKM * CPK);
-    const int s = blockIdx.y, r = blockIdx.z, tid = threadIdx.x;
+    u16 *sK = (u16 *)smv, *sV = sK + 2 * TKM * D, *sQ = sV + 2 * TKM * D;
+    int *okm = (int *)(sQ + 16 * D);                 // [2][64]
+    float *wm = (float *)(okm + 2 * TKM), *wl = wm + 4 * 16;  // [4][16] each
+    float *mw = wl + 4 * 16;                          // merge weights [16][64]
+    int *flag = (int *)(mw + 16 * 64);
+    float *wo = (float *)smv;                         // [4][16][D] after the tiles (reuses K/V)
+    const int s = blockIdx.y, r = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int units = p.per_head ? p.hq : p.hkv;
     const int b = blockIdx.x / units, u = blockIdx.x % units;
     const int hpu = p.per_head ? 1 : p.group;
-    float *sc = q + hpu * D, *mrun = sc + hpu * TKM, *lrun = mrun + hpu, *sfac = lrun + hpu;
-    int *okm = (int *)(sfac + hpu);
     const int h0 = p.per_head ? u : u * p.group;
     const int hk = h0 / p.group, bs = p.bs;
     const i64 ru = ((i64)b * units + u) * p.q_len + r;
-    for (int e = tid; e < hpu * D; e += ATT_NT) {
-        int g = e / D, x = e % D;
-        q[e] = to_f(((const T *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x]);
-    }
-    for (int g = tid; g < hpu; g += ATT_NT) {
-        mrun[g] = -DA_INF;
-        lrun[g] = 0.f;
-    }
     const int len = seq_len(p, b);
     const i64 t = (i64)len - p.q_len + r;
     const i64 c = t >= 0 ? t / bs : -1;
@@ -747,11 +793,28 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     const int nsel = t >= 0 ? p.sel_n[ru] : 0;
     const int total = t >= 0 ? nsel + (int)(c - first_local + 1) : 0;
     const int per = (total + p.splits - 1) / p.splits;
-    const int m0 = min(total, s * per), m1 = min(total, (s + 1) * per);
+    const int nsplit = per > 0 ? (total + per - 1) / per : 0;  // splits with work
+    T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
+    if (nsplit == 0) {  // nothing attended: o = 0, lse = -inf (split 0 writes)
+        if (s == 0) {
+            for (int e = tid; e < hpu * D; e += ATT_NT) ob[(h0 + e / D) * p.so_h + e % D] = from_f<T>(0.f);
+            if (p.lse)
+                for (int g = tid; g < hpu; g += ATT_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = -DA_INF;
+        }
+        return;
+    }
+    if (s >= nsplit) return;
+    const int m0 = s * per, m1 = min(total, (s + 1) * per);
     const int TK = bs < TKM ? bs : TKM, npb = bs / TK;
     const int tt0 = m0 * npb, tt1 = m1 * npb;
     const i64 tend = min((i64)len, t + 1);  // keys [0, tend) may be attended
-    // Tile tt: block m = tt / npb (selected list, then local blocks), keys i0 .. i0+cnt-1.
+    // Q rows (heads of the unit; rows >= hpu zero).
+    for (int e = tid; e < 16 * D; e += ATT_NT) {
+        int g = e / D, x = e % D;
+        T v = from_f<T>(0.f);
+        if (g < hpu) v = ((const T *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x];
+        sQ[swz<D>(g, x >> 3) + (x & 7)] = *(u16 *)&v;
+    }
     auto tile = [&](int tt, float &beta, i64 &i0, int &cnt) {
         int m = tt / npb, sub = tt % npb, j;
         if (m < nsel) {
@@ -769,7 +832,7 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
         i64 i0;
         int cnt;
         tile(tt, beta, i0, cnt);
-        uint4 *kd = Ks + stage * TKM * CPK, *vd = Vs + stage * TKM * CPK;
+        u16 *kd = sK + stage * TKM * D, *vd = sV + stage * TKM * D;
         for (int e = tid; e < TK * CPK; e += ATT_NT) {
             int ii = e / CPK, col = e % CPK;
             const T *ks = (const T *)p.kc, *vs = (const T *)p.vc;
@@ -783,19 +846,21 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
                     ok = true;
                 }
             }
-            int so = ii * CPK + (col ^ (ii & 7));
+            int so = swz<D>(ii, col);
             cp_async16(smem_u32(kd + so), ks, ok ? 16 : 0);
             cp_async16(smem_u32(vd + so), vs, ok ? 16 : 0);
             if (col == 0) okm[stage * TKM + ii] = ok;
         }
         cp_commit();
     };
-    float2 acc[TPT];
+    issue(tt0, 0);
+    __syncthreads();  // sQ
+    float oacc[NTO][4];
 #pragma unroll
-    for (int i = 0; i < TPT; ++i) acc[i] = make_float2(0.f, 0.f);
-    const int ntask = hpu * D / 2;
-    __syncthreads();
-    if (tt0 < tt1) issue(tt0, 0);
+    for (int i = 0; i < NTO; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
+    float mrow[2] = {-DA_INF, -DA_INF}, lrow[2] = {0.f, 0.f};
+    const float sl2 = p.sigma * DA_LOG2E;
+    const int kw = warp * 16;  // this warp's keys in the tile
     for (int tt = tt0; tt < tt1; ++tt) {
         const int stage = (tt - tt0) & 1;
         if (tt + 1 < tt1) {
@@ -809,94 +874,162 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
         i64 i0;
         int cnt;
         tile(tt, beta, i0, cnt);
-        const uint4 *kt = Ks + stage * TKM * CPK, *vt = Vs + stage * TKM * CPK;
-        const int *okt = okm + stage * TKM;
-        // Scores.
-        for (int e = tid; e < hpu * TK; e += ATT_NT) {
-            int g = e / TK, ii = e % TK;
-            float v = -DA_INF;
-            if (ii < cnt && okt[ii]) {
-                const float *qg = q + g * D;
-                float dot = 0.f;
+        if (kw < cnt) {  // warp-uniform
+            const u16 *cK = sK + stage * TKM * D, *cV = sV + stage * TKM * D;
+            const int *okt = okm + stage * TKM;
+            float sacc[2][4];
 #pragma unroll
-                for (int col = 0; col < CPK; ++col) {
-                    float kf[8];
-                    unpack8<T>(kt[ii * CPK + (col ^ (ii & 7))], kf);
-                    float4 qa = *(const float4 *)(qg + col * 8), qb = *(const float4 *)(qg + col * 8 + 4);
-                    dot = fmaf(qa.x, kf[0], dot);
-                    dot = fmaf(qa.y, kf[1], dot);
-                    dot = fmaf(qa.z, kf[2], dot);
-                    dot = fmaf(qa.w, kf[3], dot);
-                    dot = fmaf(qb.x, kf[4], dot);
-                    dot = fmaf(qb.y, kf[5], dot);
-                    dot = fmaf(qb.z, kf[6], dot);
-                    dot = fmaf(qb.w, kf[7], dot);
+            for (int i = 0; i < 2; i++) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < KST; kk++) {
+                u32 bb[4], qf[4];  // Q fragments re-read from smem (keeps registers for O)
+                ldsm_x4(qf, smem_u32(sQ + swz<D>(lane & 15, kk * 2 + (lane >> 4))));
+                ldsm_x4(bb, smem_u32(cK + swz<D>(kw + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
+                mma16816<T>(sacc[0], qf, bb[0], bb[1]);
+                mma16816<T>(sacc[1], qf, bb[2], bb[3]);
+            }
+            const float b2 = beta * DA_LOG2E;
+            bool kv[2][2];
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int ii = kw + nt * 8 + (lane & 3) * 2 + e;
+                    kv[nt][e] = ii < cnt && okt[ii] != 0;
                 }
-                v = p.sigma * dot + beta;
-            }
-            sc[g * TKM + ii] = v;
-        }
-        __syncthreads();
-        // Online softmax: a warp per head.
-        for (int g = tid >> 5; g < hpu; g += ATT_NT / 32) {
-            const int lane = tid & 31;
-            float bm = -DA_INF;
-            for (int ii = lane; ii < TK; ii += 32) bm = fmaxf(bm, sc[g * TKM + ii]);
-            bm = warp_max(bm);
-            const float mold = mrun[g], mnew = fmaxf(mold, bm);
-            float ls = 0.f;
-            for (int ii = lane; ii < TK; ii += 32) {
-                float pv = mnew == -DA_INF ? 0.f : __expf(sc[g * TKM + ii] - mnew);
-                sc[g * TKM + ii] = pv;
-                ls += pv;
-            }
-            ls = warp_sum(ls);
-            __syncwarp();
-            if (lane == 0) {
-                float f = mold == -DA_INF ? 0.f : __expf(mold - mnew);
-                lrun[g] = lrun[g] * f + ls;
-                mrun[g] = mnew;
-                sfac[g] = f;
-            }
-        }
-        __syncthreads();
-        // acc = acc * scale + P V.
 #pragma unroll
-        for (int i = 0; i < TPT; ++i) {
-            const int e = tid + i * ATT_NT;
-            if (e < ntask) {
-                const int g = e / (D / 2), x2 = e % (D / 2), col = x2 >> 2, w = x2 & 3;
-                const float f = sfac[g];
-                float ax = acc[i].x * f, ay = acc[i].y * f;
-                const float *pg = sc + g * TKM;
-                const u32 *vw = (const u32 *)vt;
-                for (int ii = 0; ii < cnt; ++ii) {
-                    float lo, hi;
-                    unpack2<T>(vw[(ii * CPK + (col ^ (ii & 7))) * 4 + w], lo, hi);
-                    const float pv = pg[ii];
-                    ax = fmaf(pv, lo, ax);
-                    ay = fmaf(pv, hi, ay);
+            for (int x = 0; x < 2; x++) {
+                float mx = -DA_INF;
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        float v = kv[nt][e] ? fmaf(sacc[nt][2 * x + e], sl2, b2) : -DA_INF;
+                        sacc[nt][2 * x + e] = v;
+                        mx = fmaxf(mx, v);
+                    }
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mnew = fmaxf(mrow[x], mx);
+                const float muse = mnew == -DA_INF ? 0.f : mnew;
+                const float corr = ex2(mrow[x] - muse);
+                mrow[x] = mnew;
+                float ls = 0.f;
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        float pe = ex2(sacc[nt][2 * x + e] - muse);
+                        sacc[nt][2 * x + e] = pe;
+                        ls += pe;
+                    }
+                lrow[x] = lrow[x] * corr + ls;
+#pragma unroll
+                for (int nt = 0; nt < NTO; nt++) {
+                    oacc[nt][2 * x] *= corr;
+                    oacc[nt][2 * x + 1] *= corr;
                 }
-                acc[i] = make_float2(ax, ay);
+            }
+            u32 a[4];
+            a[0] = pack2<T>(sacc[0][0], sacc[0][1]);
+            a[1] = pack2<T>(sacc[0][2], sacc[0][3]);
+            a[2] = pack2<T>(sacc[1][0], sacc[1][1]);
+            a[3] = pack2<T>(sacc[1][2], sacc[1][3]);
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) {
+                u32 bb[4];
+                ldsm_x4_t(bb, smem_u32(cV + swz<D>(kw + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4))));
+                mma16816<T>(oacc[2 * dp], a, bb[0], bb[1]);
+                mma16816<T>(oacc[2 * dp + 1], a, bb[2], bb[3]);
             }
         }
         __syncthreads();
     }
-    // Partial result of this split: normalised o and lse.
+    // Merge the 4 warps' states (rows = heads; m in log2 units).
 #pragma unroll
-    for (int i = 0; i < TPT; ++i) {
-        const int e = tid + i * ATT_NT;
-        if (e < ntask) {
-            const int g = e / (D / 2), x2 = e % (D / 2), h = h0 + g;
-            const float l = lrun[g], inv = l > 0.f ? 1.f / l : 0.f;
-            float2 *op = (float2 *)(p.o_part + ((((i64)s * p.n + b) * p.q_len + r) * p.hq + h) * D) + x2;
-            *op = make_float2(acc[i].x * inv, acc[i].y * inv);
+    for (int x = 0; x < 2; x++) {
+        float l = lrow[x];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const int row = (lane >> 2) + 8 * x;
+        if ((lane & 3) == 0) {
+            wm[warp * 16 + row] = mrow[x];
+            wl[warp * 16 + row] = l;
+        }
+#pragma unroll
+        for (int nt = 0; nt < NTO; nt++) {
+            int d = nt * 8 + (lane & 3) * 2;
+            *(float2 *)(wo + (warp * 16 + row) * D + d) = make_float2(oacc[nt][2 * x], oacc[nt][2 * x + 1]);
         }
     }
-    for (int g = tid; g < hpu; g += ATT_NT) {
-        const float l = lrun[g];
-        p.lse_part[(((i64)s * p.n + b) * p.hq + h0 + g) * p.q_len + r] = l > 0.f ? mrun[g] + logf(l) : -DA_INF;
+    __syncthreads();
+    // Per head: M = max_w m_w, L = sum_w l_w 2^(m_w - M), o = sum_w o_w 2^(m_w - M) / L.
+    // mw[g*4 + w] = 2^(m_w - M) / L (0 when empty); wl[g] (reused after reading) = lse.
+    if (tid < hpu) {
+        const int g = tid;
+        float M = -DA_INF;
+        for (int w = 0; w < 4; ++w) M = fmaxf(M, wm[w * 16 + g]);
+        float L = 0.f, f[4];
+        for (int w = 0; w < 4; ++w) {
+            f[w] = M == -DA_INF ? 0.f : ex2(wm[w * 16 + g] - M);
+            L += wl[w * 16 + g] * f[w];
+        }
+        for (int w = 0; w < 4; ++w) mw[g * 4 + w] = L > 0.f ? f[w] / L : 0.f;
+        mw[64 + g] = L > 0.f ? (M + __log2f(L)) * DA_LN2 : -DA_INF;
     }
+    __syncthreads();
+    const bool single = nsplit == 1;
+    float *opart = p.o_part + (((i64)s * p.n + b) * p.q_len + r) * p.hq * D;
+    for (int e = tid; e < hpu * D; e += ATT_NT) {
+        const int g = e / D, x = e % D;
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) v += wo[(w * 16 + g) * D + x] * mw[g * 4 + w];
+        if (single) ob[(h0 + g) * p.so_h + x] = from_f<T>(v);
+        else opart[(h0 + g) * D + x] = v;
+    }
+    if (single) {
+        if (p.lse)
+            for (int g = tid; g < hpu; g += ATT_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = mw[64 + g];
+        return;
+    }
+    for (int g = tid; g < hpu; g += ATT_NT) p.lse_part[(((i64)s * p.n + b) * p.hq + h0 + g) * p.q_len + r] = mw[64 + g];
+    // Fused merge: the last split of the row to finish merges all partials.
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) flag[0] = atomicAdd(p.cnt + ru, 1) == nsplit - 1;
+    __syncthreads();
+    if (!flag[0]) return;
+    __threadfence();
+    // Weights per (head, split): mw[g * 64 + s'] (nsplit <= 64), lse to mw[16 * 64 - 16 + g]... use registers:
+    for (int g = 0; g < hpu; ++g) {
+        float mx = -DA_INF;
+        for (int sp = tid; sp < nsplit; sp += ATT_NT) mx = fmaxf(mx, ldcg(p.lse_part + (((i64)sp * p.n + b) * p.hq + h0 + g) * p.q_len + r));
+        mx = block_max(mx, wl);
+        float sum = 0.f;
+        for (int sp = tid; sp < nsplit; sp += ATT_NT) {
+            float l = ldcg(p.lse_part + (((i64)sp * p.n + b) * p.hq + h0 + g) * p.q_len + r);
+            sum += mx == -DA_INF ? 0.f : __expf(l - mx);
+        }
+        sum = block_sum(sum, wl);
+        const float lse = mx == -DA_INF ? -DA_INF : mx + logf(sum);
+        for (int sp = tid; sp < nsplit; sp += ATT_NT) {
+            float l = ldcg(p.lse_part + (((i64)sp * p.n + b) * p.hq + h0 + g) * p.q_len + r);
+            mw[g * 64 + sp] = lse == -DA_INF ? 0.f : __expf(l - lse);
+        }
+        if (tid == 0 && p.lse) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = lse;
+    }
+    __syncthreads();
+    for (int e = tid; e < hpu * D; e += ATT_NT) {
+        const int g = e / D, x = e % D;
+        float v = 0.f;
+        for (int sp = 0; sp < nsplit; ++sp) {
+            const float w = mw[g * 64 + sp];
+            if (w > 0.f) v += w * ldcg(p.o_part + (((i64)sp * p.n + b) * p.q_len + r) * p.hq * D + (h0 + g) * D + x);
+        }
+        ob[(h0 + g) * p.so_h + x] = from_f<T>(v);
+    }
+    if (tid == 0) p.cnt[ru] = 0;
 }
 
 #define DASH_DEC_INSTANTIATE(T, NAME)                                                                 \
@@ -905,13 +1038,13 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     extern "C" __global__ void dash_dec_attend_##NAME(DecParams p) { dec_attend<T>(p); } \
     extern "C" __global__ void dash_merge_f32_##NAME(MergeParams p) { merge<float, T>(p); }            \
     extern "C" __global__ void dash_merge_##NAME(MergeParams p) { merge<T, T>(p); }                   \
-    extern "C" __global__ void __launch_bounds__(256, 1) dash_dec_score_d64_##NAME(DecParams p) { dec_score<T, 64, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 1) dash_dec_score_d64_r4_##NAME(DecParams p) { dec_score<T, 64, 4>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 1) dash_dec_score_d128_##NAME(DecParams p) { dec_score<T, 128, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 1) dash_dec_score_d128_r4_##NAME(DecParams p) { dec_score<T, 128, 4>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d64_##NAME(DecParams p) { dec_score<T, 64, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d64_r4_##NAME(DecParams p) { dec_score<T, 64, 4>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d128_##NAME(DecParams p) { dec_score<T, 128, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d128_r4_##NAME(DecParams p) { dec_score<T, 128, 4>(p); } \
     extern "C" __global__ void __launch_bounds__(SEL_NT) dash_dec_select_##NAME(DecParams p) { dec_select<T>(p); } \
-    extern "C" __global__ void __launch_bounds__(ATT_NT, 1) dash_dec_attn_d64_##NAME(DecParams p) { dec_attn<T, 64>(p); } \
-    extern "C" __global__ void __launch_bounds__(ATT_NT, 1) dash_dec_attn_d128_##NAME(DecParams p) { dec_attn<T, 128>(p); }
+    extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d64_##NAME(DecParams p) { dec_attn<T, 64>(p); } \
+    extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d128_##NAME(DecParams p) { dec_attn<T, 128>(p); }
 
 DASH_DEC_INSTANTIATE(f16_t, f16)
 DASH_DEC_INSTANTIATE(bf16_t, bf16)

@@ -59,8 +59,11 @@ struct DecParams {
     sigma: f32,
     sigma_c: f32,
     cb: i32,
+    lse: u64,
+    sl: [i64; 3],
+    cnt: u64,
 }
-const _: () = assert!(std::mem::size_of::<DecParams>() == 360);
+const _: () = assert!(std::mem::size_of::<DecParams>() == 400);
 
 /// Mirror of `struct MergeParams` in kernels/decode.cu.
 #[repr(C)]
@@ -121,8 +124,9 @@ fn kname(base: &str, s: &str) -> &'static str {
 }
 
 /// Shared memory of the v2 attention kernel (kernels/decode.cu `dec_attn`).
-fn attn_smem(d: usize, hpu: usize) -> usize {
-    2 * 2 * 64 * d * 2 + (hpu * d + hpu * 64 + 3 * hpu) * 4 + 2 * 64 * 4
+fn attn_smem(d: usize) -> usize {
+    // K, V [2][64][D] + Q [16][D] (16-bit), ok [2][64], m/l [4][16] each, weights [16][64], flag
+    2 * 2 * 64 * d * 2 + 16 * d * 2 + 2 * 64 * 4 + 2 * 64 * 4 + 16 * 64 * 4 + 16
 }
 
 /// The v2 kernels need D in {64, 128}, at most 16 heads per selection unit, 16-byte
@@ -143,7 +147,7 @@ fn fast_path(dev: &CudaDevice, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, hpu
         && aligned(&a.v_cache)
         && aligned(&a.pooled_cache)
         && rows * p.d * 4 <= optin
-        && attn_smem(p.d, hpu) <= optin
+        && attn_smem(p.d) <= optin
 }
 
 struct Plan {
@@ -184,6 +188,7 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
         b(&[rows, nbmax, 4])?,
         b(&[splits, p.n, d.q_len, d.hq, p.d, 4])?,
         b(&[splits, p.n, d.hq, d.q_len, 4])?,
+        b(&[rows, 4])?,
     ])?;
     Ok(Plan { units, hpu, nbmax, splits, layout })
 }
@@ -263,6 +268,9 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.sel_beta = at(4);
     dp.o_part = at(5);
     dp.lse_part = at(6);
+    dp.cnt = at(7);
+    dp.lse = a.lse.map_or(0, |t| t.ptr as u64);
+    dp.sl = a.lse.as_ref().map_or([0; 3], s3);
     dp.q_len = d.q_len as i32;
     dp.hq = d.hq as i32;
     dp.nbmax = pl.nbmax as i32;
@@ -275,7 +283,7 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     if fast_path(dev, cfg, d, a, pl.hpu) {
         // Candidate blocks per score CTA: about 8 CTAs per SM over all (sequence, KV head)
         // pairs, a whole number of the CTA's per-iteration key count.
-        let step = if p.d == 64 { 128 } else { 64 };
+        let step = if p.d == 64 { 256 } else { 128 };
         let total = p.n * p.hkv * pl.nbmax;
         let cb = total.div_ceil(8 * dev.props.sm_count.max(1) as usize).div_ceil(step).max(1) * step;
         let cb = cb.min(pl.nbmax.div_ceil(step) * step);
@@ -293,12 +301,13 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
             let f = kern.function(kname("select", s))?;
             launch(f, (d.q_len, pl.units, p.n), 256, 0, stream, &dp, "cuLaunchKernel(dash_dec_select)")?;
             let f = kern.function(kname(at, s))?;
-            launch(f, (p.n * pl.units, pl.splits, d.q_len), 128, attn_smem(p.d, pl.hpu), stream, &dp, "cuLaunchKernel(dash_dec_attn)")?;
+            // (merges the splits itself: no merge launch)
+            launch(f, (p.n * pl.units, pl.splits, d.q_len), 128, attn_smem(p.d), stream, &dp, "cuLaunchKernel(dash_dec_attn)")
         }
     } else {
         v1_coarse_attend(kern, s, cfg, d, &pl, &dp, stream)?;
+        merge_parts(kern, s, d, a, &pl, &dp, stream)
     }
-    merge_parts(kern, s, d, a, &pl, &dp, stream)
 }
 
 fn v1_coarse_attend(kern: &super::module::Kernels, s: &str, cfg: &Config, d: &DecodeDims, pl: &Plan, dp: &DecParams, stream: sys::CUstream) -> Result<()> {
