@@ -70,9 +70,13 @@ struct DecParams {
     float *lse;  // v2: [N, Hq, q_len] output or null (v1 merges through MergeParams)
     i64 sl_n, sl_h, sl_l;
     int *cnt;  // ws [rows_total]: v2 per-row count of finished splits (fused merge)
+    int *items;   // ws [rows_total * splits][2]: v2 attention work list (row, chunk)
+    int *nitems;  // ws [1]: its length (zeroed by the score kernel, appended by select)
+    int wchunk;   // v2: blocks per work item (at least; rows with > splits * wchunk blocks use more)
+    int pad_;
 };
 // Must match src/cuda/decode.rs `DecParams` (#[repr(C)]).
-static_assert(sizeof(DecParams) == 400, "DecParams layout");
+static_assert(sizeof(DecParams) == 424, "DecParams layout");
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -486,9 +490,10 @@ __device__ __forceinline__ i64 score_row(const DecParams &p, int b, int hk, int 
 // when R = 1, else 4: further row groups re-read the keys, from L2).
 template <typename T, int D, int RT>
 __device__ __forceinline__ void dec_score(const DecParams &p) {
-    constexpr int LPK = D / 8, KPW = 32 / LPK, U = 8, NW = 8;
+    constexpr int LPK = D / 8, KPW = 32 / LPK, U = 4, NW = 8;
     extern __shared__ float qs[];
     const int chunk = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+    if ((chunk | hk | b | threadIdx.x) == 0) *p.nitems = 0;  // the select kernels append to it
     const int G = p.group;
     const int R = p.per_head ? G * p.q_len : p.q_len;
     const float qscale = p.per_head ? p.sigma_c : p.sigma_c / G;
@@ -522,23 +527,28 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
         i64 zrow[RT];
 #pragma unroll
         for (int rr = 0; rr < RT; ++rr) zrow[rr] = lr0 + rr < R ? score_row(p, b, hk, lr0 + rr) * p.nbmax : -1;
-        for (int jb = j0 + warp * KPW * U; jb < j1; jb += NW * KPW * U) {
+        // Page-table entries of the next iteration load while this one's keys are in flight.
+        constexpr int STEP = NW * KPW * U;
+        int pg[U];
+        auto pages = [&](int jb, int *pgo) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                int j = jb + u * KPW + kg;
+                pgo[u] = j < j1 ? page_of(p, b, (i64)j * p.bs) : -1;
+            }
+        };
+        pages(j0 + warp * KPW * U, pg);
+        for (int jb = j0 + warp * KPW * U; jb < j1; jb += STEP) {
             uint4 kv[U];
             bool ok[U];
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 int j = jb + u * KPW + kg;
-                ok[u] = false;
+                ok[u] = pg[u] >= 0;
                 kv[u] = make_uint4(0, 0, 0, 0);
-                if (j < j1) {
-                    i64 tok = (i64)j * p.bs;
-                    int pg = page_of(p, b, tok);
-                    if (pg >= 0) {
-                        ok[u] = true;
-                        kv[u] = ldg_stream(pc + pg * p.sp.page + ((tok % p.ps) / p.bs) * p.sp.slot);
-                    }
-                }
+                if (ok[u]) kv[u] = ldg_stream(pc + pg[u] * p.sp.page + ((((i64)j * p.bs) % p.ps) / p.bs) * p.sp.slot);
             }
+            pages(jb + STEP, pg);
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 float kf[8];
@@ -643,7 +653,7 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
                 for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) acc(z[j]);
                 block_sum2(M, S1, redd, it & 1);
                 if (!(M > 0.0) || !(S1 > 0.0)) break;
-                const double N = pow(M, (double)am1);
+                const double N = kind == 2 ? sqrt(M) : (kind == 1 ? M : pow(M, (double)am1));
                 if (!(N > 1.0)) break;
                 const double dt = (N - 1.0) * M / (N * S1);
                 tt += dt;
@@ -709,11 +719,32 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
         p.sel_n[ru] = total;
         p.tau[ru] = tau;
     }
+    // Attention work items of this row: its blocks (selected, then local) in chunks of
+    // `per`; their order in the list does not matter (each item's result and the row's
+    // merge are order-independent).
+    __shared__ int ibase;
+    const int nblk = t >= 0 ? total + (int)(t / p.bs - max((i64)0, t / p.bs - p.n_local + 1) + 1) : 0;
+    if (nblk == 0) {  // nothing attended: o = 0, lse = -inf
+        T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
+        const int hpu = p.per_head ? 1 : p.group;
+        for (int e = tid; e < hpu * p.d; e += SEL_NT) ob[(h0 + e / p.d) * p.so_h + e % p.d] = from_f<T>(0.f);
+        if (p.lse)
+            for (int g = tid; g < hpu; g += SEL_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = -DA_INF;
+        return;
+    }
+    const int per = max(p.wchunk, (nblk + p.splits - 1) / p.splits), nit = (nblk + per - 1) / per;
+    if (tid == 0) ibase = atomicAdd(p.nitems, nit);
+    __syncthreads();
+    for (int i = tid; i < nit; i += SEL_NT) {
+        p.items[2 * (ibase + i)] = (int)ru;
+        p.items[2 * (ibase + i) + 1] = i;
+    }
 }
 
 // ---------------------------------------------------------------- v2 split-KV attention
-// grid (N*units, splits, q_len), block 128 (4 warps). Work of a CTA: its share of the row's
-// blocks (selected + local) in tiles of TK = min(B, 64) keys. K and V tiles go global ->
+// Persistent grid (about 3 CTAs per SM), block 128 (4 warps); CTA i takes work items
+// i, i + grid, ... of the list dec_select built: item (row, s) is the s-th chunk of `per`
+// blocks of the row's selected + local blocks, processed in tiles of TK = min(B, 64) keys. K and V tiles go global ->
 // smem by cp.async (16 bytes a thread, double buffered), rows stored with the 16-byte
 // chunk index XOR (key & 7) (conflict-free ldmatrix). Tensor cores (mma.sync m16n8k16):
 // the unit's heads are the M rows (zero-padded to 16), warp w takes keys [16w, 16w+16) of
@@ -774,262 +805,262 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     constexpr int KST = D / 16, NTO = D / 8, CPK = D / 8, TKM = 64;
     extern __shared__ uint4 smv[];
     u16 *sK = (u16 *)smv, *sV = sK + 2 * TKM * D, *sQ = sV + 2 * TKM * D;
-    int *okm = (int *)(sQ + 16 * D);                 // [2][64]
+    int *okm = (int *)(sQ + 16 * D);                          // [2][64]
     float *wm = (float *)(okm + 2 * TKM), *wl = wm + 4 * 16;  // [4][16] each
-    float *mw = wl + 4 * 16;                          // merge weights [16][64]
+    float *mw = wl + 4 * 16;                                  // weights [16][64]
     int *flag = (int *)(mw + 16 * 64);
-    float *wo = (float *)smv;                         // [4][16][D] after the tiles (reuses K/V)
-    const int s = blockIdx.y, r = blockIdx.z, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    float *wo = (float *)smv;  // [4][16][D] after an item's tiles (reuses K/V)
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int units = p.per_head ? p.hq : p.hkv;
-    const int b = blockIdx.x / units, u = blockIdx.x % units;
     const int hpu = p.per_head ? 1 : p.group;
-    const int h0 = p.per_head ? u : u * p.group;
-    const int hk = h0 / p.group, bs = p.bs;
-    const i64 ru = ((i64)b * units + u) * p.q_len + r;
-    const int len = seq_len(p, b);
-    const i64 t = (i64)len - p.q_len + r;
-    const i64 c = t >= 0 ? t / bs : -1;
-    const int first_local = (int)max((i64)0, c - p.n_local + 1);
-    const int nsel = t >= 0 ? p.sel_n[ru] : 0;
-    const int total = t >= 0 ? nsel + (int)(c - first_local + 1) : 0;
-    const int per = (total + p.splits - 1) / p.splits;
-    const int nsplit = per > 0 ? (total + per - 1) / per : 0;  // splits with work
-    T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
-    if (nsplit == 0) {  // nothing attended: o = 0, lse = -inf (split 0 writes)
-        if (s == 0) {
-            for (int e = tid; e < hpu * D; e += ATT_NT) ob[(h0 + e / D) * p.so_h + e % D] = from_f<T>(0.f);
-            if (p.lse)
-                for (int g = tid; g < hpu; g += ATT_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = -DA_INF;
-        }
-        return;
-    }
-    if (s >= nsplit) return;
-    const int m0 = s * per, m1 = min(total, (s + 1) * per);
+    const int bs = p.bs;
     const int TK = bs < TKM ? bs : TKM, npb = bs / TK;
-    const int tt0 = m0 * npb, tt1 = m1 * npb;
-    const i64 tend = min((i64)len, t + 1);  // keys [0, tend) may be attended
-    // Q rows (heads of the unit; rows >= hpu zero).
-    for (int e = tid; e < 16 * D; e += ATT_NT) {
-        int g = e / D, x = e % D;
-        T v = from_f<T>(0.f);
-        if (g < hpu) v = ((const T *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x];
-        sQ[swz<D>(g, x >> 3) + (x & 7)] = *(u16 *)&v;
-    }
-    auto tile = [&](int tt, float &beta, i64 &i0, int &cnt) {
-        int m = tt / npb, sub = tt % npb, j;
-        if (m < nsel) {
-            j = p.sel_idx[ru * p.nbmax + m];
-            beta = p.sel_beta[ru * p.nbmax + m];
-        } else {
-            j = first_local + (m - nsel);
-            beta = 0.f;
-        }
-        i0 = (i64)j * bs + sub * TK;
-        cnt = (int)max((i64)0, min((i64)TK, tend - i0));
-    };
-    auto issue = [&](int tt, int stage) {
-        float beta;
-        i64 i0;
-        int cnt;
-        tile(tt, beta, i0, cnt);
-        u16 *kd = sK + stage * TKM * D, *vd = sV + stage * TKM * D;
-        for (int e = tid; e < TK * CPK; e += ATT_NT) {
-            int ii = e / CPK, col = e % CPK;
-            const T *ks = (const T *)p.kc, *vs = (const T *)p.vc;
-            bool ok = false;
-            if (ii < cnt) {
-                int pg = page_of(p, b, i0 + ii);
-                if (pg >= 0) {
-                    i64 slot = (i0 + ii) % p.ps;
-                    ks += pg * p.sk.page + slot * p.sk.slot + hk * p.sk.head + col * 8;
-                    vs += pg * p.sv.page + slot * p.sv.slot + hk * p.sv.head + col * 8;
-                    ok = true;
-                }
-            }
-            int so = swz<D>(ii, col);
-            cp_async16(smem_u32(kd + so), ks, ok ? 16 : 0);
-            cp_async16(smem_u32(vd + so), vs, ok ? 16 : 0);
-            if (col == 0) okm[stage * TKM + ii] = ok;
-        }
-        cp_commit();
-    };
-    issue(tt0, 0);
-    __syncthreads();  // sQ
-    float oacc[NTO][4];
-#pragma unroll
-    for (int i = 0; i < NTO; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
-    float mrow[2] = {-DA_INF, -DA_INF}, lrow[2] = {0.f, 0.f};
     const float sl2 = p.sigma * DA_LOG2E;
-    const int kw = warp * 16;  // this warp's keys in the tile
-    for (int tt = tt0; tt < tt1; ++tt) {
-        const int stage = (tt - tt0) & 1;
-        if (tt + 1 < tt1) {
-            issue(tt + 1, stage ^ 1);
-            cp_wait<1>();
-        } else {
-            cp_wait<0>();
+    const int kw = warp * 16;  // this warp's keys in a tile
+    const int nitems = *p.nitems;
+    for (int it = blockIdx.x; it < nitems; it += gridDim.x) {
+        const i64 ru = p.items[2 * it];
+        const int s = p.items[2 * it + 1];
+        const int r = (int)(ru % p.q_len), u = (int)((ru / p.q_len) % units), b = (int)(ru / ((i64)p.q_len * units));
+        const int h0 = p.per_head ? u : u * p.group;
+        const int hk = h0 / p.group;
+        const int len = seq_len(p, b);
+        const i64 t = (i64)len - p.q_len + r;  // >= 0: rows with t < 0 have no items
+        const i64 c = t / bs;
+        const int first_local = (int)max((i64)0, c - p.n_local + 1);
+        const int nsel = p.sel_n[ru];
+        const int total = nsel + (int)(c - first_local + 1);
+        const int per = max(p.wchunk, (total + p.splits - 1) / p.splits);
+        const int nsplit = (total + per - 1) / per;
+        const int m0 = s * per, m1 = min(total, (s + 1) * per);
+        const int tt0 = m0 * npb, tt1 = m1 * npb;
+        const i64 tend = min((i64)len, t + 1);  // keys [0, tend) may be attended
+        T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
+        // Q rows (heads of the unit; rows >= hpu zero).
+        for (int e = tid; e < 16 * D; e += ATT_NT) {
+            int g = e / D, x = e % D;
+            T v = from_f<T>(0.f);
+            if (g < hpu) v = ((const T *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x];
+            sQ[swz<D>(g, x >> 3) + (x & 7)] = *(u16 *)&v;
         }
-        __syncthreads();
-        float beta;
-        i64 i0;
-        int cnt;
-        tile(tt, beta, i0, cnt);
-        if (kw < cnt) {  // warp-uniform
-            const u16 *cK = sK + stage * TKM * D, *cV = sV + stage * TKM * D;
-            const int *okt = okm + stage * TKM;
-            float sacc[2][4];
-#pragma unroll
-            for (int i = 0; i < 2; i++) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < KST; kk++) {
-                u32 bb[4], qf[4];  // Q fragments re-read from smem (keeps registers for O)
-                ldsm_x4(qf, smem_u32(sQ + swz<D>(lane & 15, kk * 2 + (lane >> 4))));
-                ldsm_x4(bb, smem_u32(cK + swz<D>(kw + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
-                mma16816<T>(sacc[0], qf, bb[0], bb[1]);
-                mma16816<T>(sacc[1], qf, bb[2], bb[3]);
+        auto tile = [&](int tt, float &beta, i64 &i0, int &cnt) {
+            int m = tt / npb, sub = tt % npb, j;
+            if (m < nsel) {
+                j = p.sel_idx[ru * p.nbmax + m];
+                beta = p.sel_beta[ru * p.nbmax + m];
+            } else {
+                j = first_local + (m - nsel);
+                beta = 0.f;
             }
-            const float b2 = beta * DA_LOG2E;
-            bool kv[2][2];
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    int ii = kw + nt * 8 + (lane & 3) * 2 + e;
-                    kv[nt][e] = ii < cnt && okt[ii] != 0;
+            i0 = (i64)j * bs + sub * TK;
+            cnt = (int)max((i64)0, min((i64)TK, tend - i0));
+        };
+        auto issue = [&](int tt, int stage) {
+            float beta;
+            i64 i0;
+            int cnt;
+            tile(tt, beta, i0, cnt);
+            u16 *kd = sK + stage * TKM * D, *vd = sV + stage * TKM * D;
+            for (int e = tid; e < TK * CPK; e += ATT_NT) {
+                int ii = e / CPK, col = e % CPK;
+                const T *ks = (const T *)p.kc, *vs = (const T *)p.vc;
+                bool ok = false;
+                if (ii < cnt) {
+                    int pg = page_of(p, b, i0 + ii);
+                    if (pg >= 0) {
+                        i64 slot = (i0 + ii) % p.ps;
+                        ks += pg * p.sk.page + slot * p.sk.slot + hk * p.sk.head + col * 8;
+                        vs += pg * p.sv.page + slot * p.sv.slot + hk * p.sv.head + col * 8;
+                        ok = true;
+                    }
                 }
+                int so = swz<D>(ii, col);
+                cp_async16(smem_u32(kd + so), ks, ok ? 16 : 0);
+                cp_async16(smem_u32(vd + so), vs, ok ? 16 : 0);
+                if (col == 0) okm[stage * TKM + ii] = ok;
+            }
+            cp_commit();
+        };
+        issue(tt0, 0);
+        float oacc[NTO][4];
 #pragma unroll
-            for (int x = 0; x < 2; x++) {
-                float mx = -DA_INF;
+        for (int i = 0; i < NTO; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
+        float mrow[2] = {-DA_INF, -DA_INF}, lrow[2] = {0.f, 0.f};
+        for (int tt = tt0; tt < tt1; ++tt) {
+            const int stage = (tt - tt0) & 1;
+            if (tt + 1 < tt1) {
+                issue(tt + 1, stage ^ 1);
+                cp_wait<1>();
+            } else {
+                cp_wait<0>();
+            }
+            __syncthreads();  // tile tt (and sQ) visible
+            float beta;
+            i64 i0;
+            int cnt;
+            tile(tt, beta, i0, cnt);
+            if (kw < cnt) {  // warp-uniform
+                const u16 *cK = sK + stage * TKM * D, *cV = sV + stage * TKM * D;
+                const int *okt = okm + stage * TKM;
+                float sacc[2][4];
+#pragma unroll
+                for (int i = 0; i < 2; i++) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
+#pragma unroll
+                for (int kk = 0; kk < KST; kk++) {
+                    u32 bb[4], qf[4];  // Q fragments re-read from smem (keeps registers for O)
+                    ldsm_x4(qf, smem_u32(sQ + swz<D>(lane & 15, kk * 2 + (lane >> 4))));
+                    ldsm_x4(bb, smem_u32(cK + swz<D>(kw + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
+                    mma16816<T>(sacc[0], qf, bb[0], bb[1]);
+                    mma16816<T>(sacc[1], qf, bb[2], bb[3]);
+                }
+                const float b2 = beta * DA_LOG2E;
+                bool kv[2][2];
 #pragma unroll
                 for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                     for (int e = 0; e < 2; e++) {
-                        float v = kv[nt][e] ? fmaf(sacc[nt][2 * x + e], sl2, b2) : -DA_INF;
-                        sacc[nt][2 * x + e] = v;
-                        mx = fmaxf(mx, v);
+                        int ii = kw + nt * 8 + (lane & 3) * 2 + e;
+                        kv[nt][e] = ii < cnt && okt[ii] != 0;
                     }
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float mnew = fmaxf(mrow[x], mx);
-                const float muse = mnew == -DA_INF ? 0.f : mnew;
-                const float corr = ex2(mrow[x] - muse);
-                mrow[x] = mnew;
-                float ls = 0.f;
 #pragma unroll
-                for (int nt = 0; nt < 2; nt++)
+                for (int x = 0; x < 2; x++) {
+                    float mx = -DA_INF;
 #pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        float pe = ex2(sacc[nt][2 * x + e] - muse);
-                        sacc[nt][2 * x + e] = pe;
-                        ls += pe;
+                    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            float v = kv[nt][e] ? fmaf(sacc[nt][2 * x + e], sl2, b2) : -DA_INF;
+                            sacc[nt][2 * x + e] = v;
+                            mx = fmaxf(mx, v);
+                        }
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    const float mnew = fmaxf(mrow[x], mx);
+                    const float muse = mnew == -DA_INF ? 0.f : mnew;
+                    const float corr = ex2(mrow[x] - muse);
+                    mrow[x] = mnew;
+                    float ls = 0.f;
+#pragma unroll
+                    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            float pe = ex2(sacc[nt][2 * x + e] - muse);
+                            sacc[nt][2 * x + e] = pe;
+                            ls += pe;
+                        }
+                    lrow[x] = lrow[x] * corr + ls;
+#pragma unroll
+                    for (int nt = 0; nt < NTO; nt++) {
+                        oacc[nt][2 * x] *= corr;
+                        oacc[nt][2 * x + 1] *= corr;
                     }
-                lrow[x] = lrow[x] * corr + ls;
+                }
+                u32 a[4];
+                a[0] = pack2<T>(sacc[0][0], sacc[0][1]);
+                a[1] = pack2<T>(sacc[0][2], sacc[0][3]);
+                a[2] = pack2<T>(sacc[1][0], sacc[1][1]);
+                a[3] = pack2<T>(sacc[1][2], sacc[1][3]);
+#pragma unroll
+                for (int dp = 0; dp < D / 16; dp++) {
+                    u32 bb[4];
+                    ldsm_x4_t(bb, smem_u32(cV + swz<D>(kw + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4))));
+                    mma16816<T>(oacc[2 * dp], a, bb[0], bb[1]);
+                    mma16816<T>(oacc[2 * dp + 1], a, bb[2], bb[3]);
+                }
+            }
+            __syncthreads();
+        }
+        // Merge the 4 warps' states (rows = heads; m in log2 units).
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            float l = lrow[x];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const int row = (lane >> 2) + 8 * x;
+            if ((lane & 3) == 0) {
+                wm[warp * 16 + row] = mrow[x];
+                wl[warp * 16 + row] = l;
+            }
+            if (row < hpu) {
 #pragma unroll
                 for (int nt = 0; nt < NTO; nt++) {
-                    oacc[nt][2 * x] *= corr;
-                    oacc[nt][2 * x + 1] *= corr;
+                    int d = nt * 8 + (lane & 3) * 2;
+                    *(float2 *)(wo + (warp * 16 + row) * D + d) = make_float2(oacc[nt][2 * x], oacc[nt][2 * x + 1]);
                 }
-            }
-            u32 a[4];
-            a[0] = pack2<T>(sacc[0][0], sacc[0][1]);
-            a[1] = pack2<T>(sacc[0][2], sacc[0][3]);
-            a[2] = pack2<T>(sacc[1][0], sacc[1][1]);
-            a[3] = pack2<T>(sacc[1][2], sacc[1][3]);
-#pragma unroll
-            for (int dp = 0; dp < D / 16; dp++) {
-                u32 bb[4];
-                ldsm_x4_t(bb, smem_u32(cV + swz<D>(kw + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4))));
-                mma16816<T>(oacc[2 * dp], a, bb[0], bb[1]);
-                mma16816<T>(oacc[2 * dp + 1], a, bb[2], bb[3]);
             }
         }
         __syncthreads();
-    }
-    // Merge the 4 warps' states (rows = heads; m in log2 units).
+        // Per head: M = max_w m_w, L = sum_w l_w 2^(m_w - M), o = sum_w o_w 2^(m_w - M) / L;
+        // mw[g*4 + w] = 2^(m_w - M) / L (0 when empty), mw[64 + g] = lse (natural log).
+        if (tid < hpu) {
+            const int g = tid;
+            float M = -DA_INF;
+            for (int w = 0; w < 4; ++w) M = fmaxf(M, wm[w * 16 + g]);
+            float L = 0.f, f[4];
+            for (int w = 0; w < 4; ++w) {
+                f[w] = M == -DA_INF ? 0.f : ex2(wm[w * 16 + g] - M);
+                L += wl[w * 16 + g] * f[w];
+            }
+            for (int w = 0; w < 4; ++w) mw[g * 4 + w] = L > 0.f ? f[w] / L : 0.f;
+            mw[64 + g] = L > 0.f ? (M + __log2f(L)) * DA_LN2 : -DA_INF;
+        }
+        __syncthreads();
+        const bool single = nsplit == 1;
+        float *opart = p.o_part + (((i64)s * p.n + b) * p.q_len + r) * p.hq * D;
+        for (int e = tid; e < hpu * D; e += ATT_NT) {
+            const int g = e / D, x = e % D;
+            float v = 0.f;
 #pragma unroll
-    for (int x = 0; x < 2; x++) {
-        float l = lrow[x];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        const int row = (lane >> 2) + 8 * x;
-        if ((lane & 3) == 0) {
-            wm[warp * 16 + row] = mrow[x];
-            wl[warp * 16 + row] = l;
+            for (int w = 0; w < 4; ++w) v += wo[(w * 16 + g) * D + x] * mw[g * 4 + w];
+            if (single) ob[(h0 + g) * p.so_h + x] = from_f<T>(v);
+            else opart[(h0 + g) * D + x] = v;
         }
-#pragma unroll
-        for (int nt = 0; nt < NTO; nt++) {
-            int d = nt * 8 + (lane & 3) * 2;
-            *(float2 *)(wo + (warp * 16 + row) * D + d) = make_float2(oacc[nt][2 * x], oacc[nt][2 * x + 1]);
+        if (single) {
+            if (p.lse)
+                for (int g = tid; g < hpu; g += ATT_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = mw[64 + g];
+            __syncthreads();  // smem reuse by the next item
+            continue;
         }
-    }
-    __syncthreads();
-    // Per head: M = max_w m_w, L = sum_w l_w 2^(m_w - M), o = sum_w o_w 2^(m_w - M) / L.
-    // mw[g*4 + w] = 2^(m_w - M) / L (0 when empty); wl[g] (reused after reading) = lse.
-    if (tid < hpu) {
-        const int g = tid;
-        float M = -DA_INF;
-        for (int w = 0; w < 4; ++w) M = fmaxf(M, wm[w * 16 + g]);
-        float L = 0.f, f[4];
-        for (int w = 0; w < 4; ++w) {
-            f[w] = M == -DA_INF ? 0.f : ex2(wm[w * 16 + g] - M);
-            L += wl[w * 16 + g] * f[w];
+        for (int g = tid; g < hpu; g += ATT_NT) p.lse_part[(((i64)s * p.n + b) * p.hq + h0 + g) * p.q_len + r] = mw[64 + g];
+        // Fused merge: the last split of the row to finish merges all partials, in split
+        // order (deterministic whichever CTA it is).
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) flag[0] = atomicAdd(p.cnt + ru, 1) == nsplit - 1;
+        __syncthreads();
+        if (flag[0]) {
+            __threadfence();
+            for (int e = tid; e < hpu * nsplit; e += ATT_NT) {
+                const int g = e / nsplit, sp = e % nsplit;
+                mw[g * 64 + sp] = ldcg(p.lse_part + (((i64)sp * p.n + b) * p.hq + h0 + g) * p.q_len + r);
+            }
+            __syncthreads();
+            if (tid < hpu) {
+                const int g = tid;
+                float mx = -DA_INF;
+                for (int sp = 0; sp < nsplit; ++sp) mx = fmaxf(mx, mw[g * 64 + sp]);
+                float sum = 0.f;
+                if (mx > -DA_INF)
+                    for (int sp = 0; sp < nsplit; ++sp) sum += __expf(mw[g * 64 + sp] - mx);
+                const float lse = mx > -DA_INF ? mx + logf(sum) : -DA_INF;
+                for (int sp = 0; sp < nsplit; ++sp) mw[g * 64 + sp] = lse > -DA_INF ? __expf(mw[g * 64 + sp] - lse) : 0.f;
+                if (p.lse) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = lse;
+            }
+            __syncthreads();
+            const float *o0 = p.o_part + ((i64)b * p.q_len + r) * p.hq * D + h0 * D;
+            const i64 sstride = (i64)p.n * p.q_len * p.hq * D;
+            for (int e = tid; e < hpu * D; e += ATT_NT) {
+                const int g = e / D;
+                const float *op = o0 + e;
+                float v = 0.f;
+#pragma unroll 4
+                for (int sp = 0; sp < nsplit; ++sp) v += mw[g * 64 + sp] * ldcg(op + sp * sstride);
+                ob[(h0 + g) * p.so_h + e % D] = from_f<T>(v);
+            }
+            if (tid == 0) p.cnt[ru] = 0;
         }
-        for (int w = 0; w < 4; ++w) mw[g * 4 + w] = L > 0.f ? f[w] / L : 0.f;
-        mw[64 + g] = L > 0.f ? (M + __log2f(L)) * DA_LN2 : -DA_INF;
+        __syncthreads();  // smem reuse by the next item
     }
-    __syncthreads();
-    const bool single = nsplit == 1;
-    float *opart = p.o_part + (((i64)s * p.n + b) * p.q_len + r) * p.hq * D;
-    for (int e = tid; e < hpu * D; e += ATT_NT) {
-        const int g = e / D, x = e % D;
-        float v = 0.f;
-#pragma unroll
-        for (int w = 0; w < 4; ++w) v += wo[(w * 16 + g) * D + x] * mw[g * 4 + w];
-        if (single) ob[(h0 + g) * p.so_h + x] = from_f<T>(v);
-        else opart[(h0 + g) * D + x] = v;
-    }
-    if (single) {
-        if (p.lse)
-            for (int g = tid; g < hpu; g += ATT_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = mw[64 + g];
-        return;
-    }
-    for (int g = tid; g < hpu; g += ATT_NT) p.lse_part[(((i64)s * p.n + b) * p.hq + h0 + g) * p.q_len + r] = mw[64 + g];
-    // Fused merge: the last split of the row to finish merges all partials.
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) flag[0] = atomicAdd(p.cnt + ru, 1) == nsplit - 1;
-    __syncthreads();
-    if (!flag[0]) return;
-    __threadfence();
-    // Weights per (head, split): mw[g * 64 + s'] (nsplit <= 64), lse to mw[16 * 64 - 16 + g]... use registers:
-    for (int g = 0; g < hpu; ++g) {
-        float mx = -DA_INF;
-        for (int sp = tid; sp < nsplit; sp += ATT_NT) mx = fmaxf(mx, ldcg(p.lse_part + (((i64)sp * p.n + b) * p.hq + h0 + g) * p.q_len + r));
-        mx = block_max(mx, wl);
-        float sum = 0.f;
-        for (int sp = tid; sp < nsplit; sp += ATT_NT) {
-            float l = ldcg(p.lse_part + (((i64)sp * p.n + b) * p.hq + h0 + g) * p.q_len + r);
-            sum += mx == -DA_INF ? 0.f : __expf(l - mx);
-        }
-        sum = block_sum(sum, wl);
-        const float lse = mx == -DA_INF ? -DA_INF : mx + logf(sum);
-        for (int sp = tid; sp < nsplit; sp += ATT_NT) {
-            float l = ldcg(p.lse_part + (((i64)sp * p.n + b) * p.hq + h0 + g) * p.q_len + r);
-            mw[g * 64 + sp] = lse == -DA_INF ? 0.f : __expf(l - lse);
-        }
-        if (tid == 0 && p.lse) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = lse;
-    }
-    __syncthreads();
-    for (int e = tid; e < hpu * D; e += ATT_NT) {
-        const int g = e / D, x = e % D;
-        float v = 0.f;
-        for (int sp = 0; sp < nsplit; ++sp) {
-            const float w = mw[g * 64 + sp];
-            if (w > 0.f) v += w * ldcg(p.o_part + (((i64)sp * p.n + b) * p.q_len + r) * p.hq * D + (h0 + g) * D + x);
-        }
-        ob[(h0 + g) * p.so_h + x] = from_f<T>(v);
-    }
-    if (tid == 0) p.cnt[ru] = 0;
 }
 
 #define DASH_DEC_INSTANTIATE(T, NAME)                                                                 \
@@ -1038,9 +1069,9 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     extern "C" __global__ void dash_dec_attend_##NAME(DecParams p) { dec_attend<T>(p); } \
     extern "C" __global__ void dash_merge_f32_##NAME(MergeParams p) { merge<float, T>(p); }            \
     extern "C" __global__ void dash_merge_##NAME(MergeParams p) { merge<T, T>(p); }                   \
-    extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d64_##NAME(DecParams p) { dec_score<T, 64, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) dash_dec_score_d64_##NAME(DecParams p) { dec_score<T, 64, 1>(p); } \
     extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d64_r4_##NAME(DecParams p) { dec_score<T, 64, 4>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d128_##NAME(DecParams p) { dec_score<T, 128, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) dash_dec_score_d128_##NAME(DecParams p) { dec_score<T, 128, 1>(p); } \
     extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d128_r4_##NAME(DecParams p) { dec_score<T, 128, 4>(p); } \
     extern "C" __global__ void __launch_bounds__(SEL_NT) dash_dec_select_##NAME(DecParams p) { dec_select<T>(p); } \
     extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d64_##NAME(DecParams p) { dec_attn<T, 64>(p); } \

@@ -62,8 +62,12 @@ struct DecParams {
     lse: u64,
     sl: [i64; 3],
     cnt: u64,
+    items: u64,
+    nitems: u64,
+    wchunk: i32,
+    pad_: i32,
 }
-const _: () = assert!(std::mem::size_of::<DecParams>() == 400);
+const _: () = assert!(std::mem::size_of::<DecParams>() == 424);
 
 /// Mirror of `struct MergeParams` in kernels/decode.cu.
 #[repr(C)]
@@ -172,9 +176,11 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
     }
     let nbmax = (p.max_pages * p.page_size / cfg.block_size).max(1);
     let rows = p.n * units * d.q_len;
-    // Enough CTAs to fill the machine four times; a function of shapes only (graph-safe).
+    // Most splits (partial results) per row: v1 splits every row this many ways (enough
+    // CTAs to fill the machine four times); v2 cuts a row's blocks into work items of
+    // max(wchunk, blocks / splits) blocks, so at least 16. A function of shapes only.
     let want = (4 * dev.props.sm_count.max(1) as usize).div_ceil(rows.max(1));
-    let splits = want.clamp(1, 64).min(nbmax.max(1));
+    let splits = want.clamp(16, 64).min(nbmax.max(1));
     let optin = dev.props.smem_optin.max(48 * 1024) as usize;
     if 2 * cfg.block_size * 8 + (2 * hpu * p.d + hpu * cfg.block_size + 2 * hpu) * 4 > optin || hpu * p.d * 4 > optin {
         bail!(Unsupported, "the CUDA decode's shared memory need exceeds this device's limit");
@@ -189,6 +195,8 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
         b(&[splits, p.n, d.q_len, d.hq, p.d, 4])?,
         b(&[splits, p.n, d.hq, d.q_len, 4])?,
         b(&[rows, 4])?,
+        b(&[rows, splits, 8])?,
+        4,
     ])?;
     Ok(Plan { units, hpu, nbmax, splits, layout })
 }
@@ -269,6 +277,9 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.o_part = at(5);
     dp.lse_part = at(6);
     dp.cnt = at(7);
+    dp.items = at(8);
+    dp.nitems = at(9);
+    dp.wchunk = if p.n * pl.units * d.q_len < 128 { 1 } else { 2 };
     dp.lse = a.lse.map_or(0, |t| t.ptr as u64);
     dp.sl = a.lse.as_ref().map_or([0; 3], s3);
     dp.q_len = d.q_len as i32;
@@ -283,7 +294,7 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     if fast_path(dev, cfg, d, a, pl.hpu) {
         // Candidate blocks per score CTA: about 8 CTAs per SM over all (sequence, KV head)
         // pairs, a whole number of the CTA's per-iteration key count.
-        let step = if p.d == 64 { 256 } else { 128 };
+        let step = if p.d == 64 { 128 } else { 64 };
         let total = p.n * p.hkv * pl.nbmax;
         let cb = total.div_ceil(8 * dev.props.sm_count.max(1) as usize).div_ceil(step).max(1) * step;
         let cb = cb.min(pl.nbmax.div_ceil(step) * step);
@@ -302,7 +313,8 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
             launch(f, (d.q_len, pl.units, p.n), 256, 0, stream, &dp, "cuLaunchKernel(dash_dec_select)")?;
             let f = kern.function(kname(at, s))?;
             // (merges the splits itself: no merge launch)
-            launch(f, (p.n * pl.units, pl.splits, d.q_len), 128, attn_smem(p.d), stream, &dp, "cuLaunchKernel(dash_dec_attn)")
+            let grid = (3 * dev.props.sm_count.max(1) as usize).min(p.n * pl.units * d.q_len * pl.splits).max(1);
+            launch(f, (grid, 1, 1), 128, attn_smem(p.d), stream, &dp, "cuLaunchKernel(dash_dec_attn)")
         }
     } else {
         v1_coarse_attend(kern, s, cfg, d, &pl, &dp, stream)?;
