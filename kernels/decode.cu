@@ -70,7 +70,7 @@ struct DecParams {
     float *lse;  // v2: [N, Hq, q_len] output or null (v1 merges through MergeParams)
     i64 sl_n, sl_h, sl_l;
     int *cnt;  // ws [rows_total]: v2 per-row count of finished splits (fused merge)
-    int *items;   // ws [rows_total * splits][2]: v2 attention work list (row, chunk)
+    int *items;   // ws [rows_total * splits] int4: v2 attention work list (see write_item)
     int *nitems;  // ws [1]: its length (zeroed by the score kernel, appended by select)
     int wchunk;   // v2: blocks per work item (at least; rows with > splits * wchunk blocks use more)
     int pad_;
@@ -594,6 +594,31 @@ __device__ __forceinline__ void block_sum2(double &a, double &c, double *red, in
     }
 }
 
+#define SEL_ACT 256
+// Exclusive prefix (pos) and total of cnt over the block (SEL_NT threads); wc: SEL_NT/32 ints.
+__device__ __forceinline__ void block_scan(int cnt, int *wc, int &pos, int &total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int incl = cnt;
+    for (int o = 1; o < 32; o <<= 1) {
+        int v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
+    }
+    __syncthreads();  // wc may still be read by an earlier scan
+    if (lane == 31) wc[warp] = incl;
+    __syncthreads();
+    pos = incl - cnt;
+    total = 0;
+    for (int w = 0; w < SEL_NT / 32; ++w) {
+        if (w < warp) pos += wc[w];
+        total += wc[w];
+    }
+}
+// Work item i of row ru (nit items of `per` blocks; nsel selected blocks): int4
+// (row, split | nsplit << 16, per, nsel).
+__device__ __forceinline__ void write_item(const DecParams &p, int slot, i64 ru, int i, int nit, int per, int nsel) {
+    ((int4 *)p.items)[slot] = make_int4((int)ru, i | (nit << 16), per, nsel);
+}
+
 template <typename T>
 __device__ __forceinline__ void dec_select(const DecParams &p) {
     __shared__ float red[32];
@@ -622,6 +647,98 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     float tau = -DA_INF;
     const bool soft = alpha <= 1.f;
     const float am1 = alpha - 1.f;
+    if (!soft && mx > -DA_INF) {
+        // Only s_j > max s - 1 can be in the support (tau >= max s - 1). When at most
+        // SEL_ACT of them exist, compact them (in (thread, i) order) and let one warp solve
+        // and select with shuffles only (no block barriers per Newton step).
+        __shared__ float act_s[SEL_ACT];
+        __shared__ int act_j[SEL_ACT];
+        const float thr = am1 * mx - 1.f;
+        int acnt = 0;
+#pragma unroll
+        for (int i = 0; i < SEL_C; ++i) acnt += am1 * zc[i] > thr ? 1 : 0;
+        for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) acnt += am1 * z[j] > thr ? 1 : 0;
+        int apos, atot;
+        block_scan(acnt, wcnt, apos, atot);
+        if (atot <= SEL_ACT) {
+#pragma unroll
+            for (int i = 0; i < SEL_C; ++i) {
+                float sv = am1 * zc[i];
+                if (sv > thr) {
+                    act_s[apos] = sv;
+                    act_j[apos] = tid + i * SEL_NT;
+                    ++apos;
+                }
+            }
+            for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) {
+                float sv = am1 * z[j];
+                if (sv > thr) {
+                    act_s[apos] = sv;
+                    act_j[apos] = j;
+                    ++apos;
+                }
+            }
+            __syncthreads();
+            if (tid >= 32) return;
+            const int lane = tid;
+            float av[SEL_ACT / 32];
+#pragma unroll
+            for (int i = 0; i < SEL_ACT / 32; ++i) av[i] = lane + 32 * i < atot ? act_s[lane + 32 * i] : -DA_INF;
+            const float k = 1.f / am1;
+            const int kind = am1 == 1.f ? 1 : (am1 == 0.5f ? 2 : 0);
+            double tt = (double)am1 * mx - 1.0;
+            for (int it = 0; it < 40; ++it) {
+                const float tf = (float)tt;
+                double M = 0.0, S1 = 0.0;
+#pragma unroll
+                for (int i = 0; i < SEL_ACT / 32; ++i) {
+                    float x = av[i] - tf;
+                    if (x > 0.f) {
+                        float xk1 = kind == 1 ? 1.f : (kind == 2 ? x : powf(x, k - 1.f));
+                        M += (double)(xk1 * x);
+                        S1 += (double)xk1;
+                    }
+                }
+                for (int o = 16; o > 0; o >>= 1) {
+                    M += __shfl_xor_sync(0xffffffffu, M, o);
+                    S1 += __shfl_xor_sync(0xffffffffu, S1, o);
+                }
+                if (!(M > 0.0) || !(S1 > 0.0)) break;
+                const double N = kind == 2 ? sqrt(M) : (kind == 1 ? M : pow(M, (double)am1));
+                if (!(N > 1.0)) break;
+                const double dt = (N - 1.0) * M / (N * S1);
+                tt += dt;
+                if (!(dt > 1e-7 * fmax(1.0, fabs(tt)))) break;
+            }
+            const float tw = (float)tt;
+            int base = 0;
+            int *si = p.sel_idx + ru * p.nbmax;
+            float *sb = p.sel_beta + ru * p.nbmax;
+#pragma unroll
+            for (int i = 0; i < SEL_ACT / 32; ++i) {
+                const float x = av[i] - tw;
+                const bool sel = x > 0.f;
+                const unsigned m = __ballot_sync(0xffffffffu, sel);
+                if (sel) {
+                    const int pos = base + __popc(m & ((1u << lane) - 1u));
+                    si[pos] = act_j[lane + 32 * i];
+                    sb[pos] = logf(x) / am1;
+                }
+                base += __popc(m);
+            }
+            if (lane == 0) {
+                p.sel_n[ru] = base;
+                p.tau[ru] = tw;
+            }
+            const int nblk = base + (int)(t / p.bs - max((i64)0, t / p.bs - p.n_local + 1) + 1);
+            const int per = max(p.wchunk, (nblk + p.splits - 1) / p.splits), nit = (nblk + per - 1) / per;
+            int ib = 0;
+            if (lane == 0) ib = atomicAdd(p.nitems, nit);
+            ib = __shfl_sync(0xffffffffu, ib, 0);
+            for (int i = lane; i < nit; i += 32) write_item(p, ib + i, ru, i, nit, per, base);
+            return;
+        }
+    }
     if (mx > -DA_INF) {
         if (soft) {
             float s = 0.f;
@@ -680,20 +797,8 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
         for (int i = 0; i < SEL_C; ++i) cnt += selx(zc[i], bt) ? 1 : 0;
         for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) cnt += selx(z[j], bt) ? 1 : 0;
     }
-    // Exclusive scan of cnt over the block.
-    const int lane = tid & 31, warp = tid >> 5;
-    int incl = cnt;
-    for (int o = 1; o < 32; o <<= 1) {
-        int v = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += v;
-    }
-    if (lane == 31) wcnt[warp] = incl;
-    __syncthreads();
-    int pos = incl - cnt, total = 0;
-    for (int w = 0; w < SEL_NT / 32; ++w) {
-        if (w < warp) pos += wcnt[w];
-        total += wcnt[w];
-    }
+    int pos, total;
+    block_scan(cnt, wcnt, pos, total);
     if (cnt > 0) {
         int *si = p.sel_idx + ru * p.nbmax;
         float *sb = p.sel_beta + ru * p.nbmax;
@@ -735,10 +840,7 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     const int per = max(p.wchunk, (nblk + p.splits - 1) / p.splits), nit = (nblk + per - 1) / per;
     if (tid == 0) ibase = atomicAdd(p.nitems, nit);
     __syncthreads();
-    for (int i = tid; i < nit; i += SEL_NT) {
-        p.items[2 * (ibase + i)] = (int)ru;
-        p.items[2 * (ibase + i) + 1] = i;
-    }
+    for (int i = tid; i < nit; i += SEL_NT) write_item(p, ibase + i, ru, i, nit, per, total);
 }
 
 // ---------------------------------------------------------------- v2 split-KV attention
@@ -797,6 +899,11 @@ __device__ __forceinline__ float ldcg(const float *ptr) {
     asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(ptr));
     return v;
 }
+__device__ __forceinline__ float4 ldcg4(const float *ptr) {
+    float4 v;
+    asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(ptr));
+    return v;
+}
 // element offset of 16-byte chunk `chunk` of row `row` in a [rows][D] 16-bit tile
 template <int D> __device__ __forceinline__ int swz(int row, int chunk) { return row * D + ((chunk ^ (row & 7)) << 3); }
 
@@ -819,8 +926,9 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     const int kw = warp * 16;  // this warp's keys in a tile
     const int nitems = *p.nitems;
     for (int it = blockIdx.x; it < nitems; it += gridDim.x) {
-        const i64 ru = p.items[2 * it];
-        const int s = p.items[2 * it + 1];
+        const int4 item = ((const int4 *)p.items)[it];
+        const i64 ru = item.x;
+        const int s = item.y & 0xffff, nsplit = item.y >> 16, per = item.z, nsel = item.w;
         const int r = (int)(ru % p.q_len), u = (int)((ru / p.q_len) % units), b = (int)(ru / ((i64)p.q_len * units));
         const int h0 = p.per_head ? u : u * p.group;
         const int hk = h0 / p.group;
@@ -828,10 +936,7 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
         const i64 t = (i64)len - p.q_len + r;  // >= 0: rows with t < 0 have no items
         const i64 c = t / bs;
         const int first_local = (int)max((i64)0, c - p.n_local + 1);
-        const int nsel = p.sel_n[ru];
         const int total = nsel + (int)(c - first_local + 1);
-        const int per = max(p.wchunk, (total + p.splits - 1) / p.splits);
-        const int nsplit = (total + per - 1) / per;
         const int m0 = s * per, m1 = min(total, (s + 1) * per);
         const int tt0 = m0 * npb, tt1 = m1 * npb;
         const i64 tend = min((i64)len, t + 1);  // keys [0, tend) may be attended
@@ -1049,13 +1154,24 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
             __syncthreads();
             const float *o0 = p.o_part + ((i64)b * p.q_len + r) * p.hq * D + h0 * D;
             const i64 sstride = (i64)p.n * p.q_len * p.hq * D;
-            for (int e = tid; e < hpu * D; e += ATT_NT) {
-                const int g = e / D;
-                const float *op = o0 + e;
-                float v = 0.f;
-#pragma unroll 4
-                for (int sp = 0; sp < nsplit; ++sp) v += mw[g * 64 + sp] * ldcg(op + sp * sstride);
-                ob[(h0 + g) * p.so_h + e % D] = from_f<T>(v);
+            for (int e = tid; e < hpu * D / 4; e += ATT_NT) {
+                const int g = e / (D / 4), x = (e % (D / 4)) * 4;
+                const float *op = o0 + g * D + x;
+                float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+                for (int sp = 0; sp < nsplit; ++sp) {
+                    const float w = mw[g * 64 + sp];
+                    const float4 a = ldcg4(op + sp * sstride);
+                    v.x = fmaf(w, a.x, v.x);
+                    v.y = fmaf(w, a.y, v.y);
+                    v.z = fmaf(w, a.z, v.z);
+                    v.w = fmaf(w, a.w, v.w);
+                }
+                T *od = ob + (h0 + g) * p.so_h + x;
+                od[0] = from_f<T>(v.x);
+                od[1] = from_f<T>(v.y);
+                od[2] = from_f<T>(v.z);
+                od[3] = from_f<T>(v.w);
             }
             if (tid == 0) p.cnt[ru] = 0;
         }

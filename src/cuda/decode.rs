@@ -195,7 +195,7 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
         b(&[splits, p.n, d.q_len, d.hq, p.d, 4])?,
         b(&[splits, p.n, d.hq, d.q_len, 4])?,
         b(&[rows, 4])?,
-        b(&[rows, splits, 8])?,
+        b(&[rows, splits, 16])?,
         4,
     ])?;
     Ok(Plan { units, hpu, nbmax, splits, layout })
