@@ -4,7 +4,7 @@ API) beside torch SDPA (cuDNN and flash backends) in the same process, same GPU.
 
     DASHATTN_LIBRARY=.../libdashattn.so python3 scripts/bench_backward_decode.py \
         [--bwd-lens 8192,16384,32768] [--dec-lens 8192,32768,131072] [--batches 1,8,64] \
-        [--kscale 1,4,8] [--reps 10]
+        [--kscale 1,4,8] [--reps 10] [--kernels]
 
 Inputs come from the topic generator of docs/performance.md (a topic vector per key block
 and KV head; keys = kscale * (topic + 0.5 noise), queries = mix of 3 earlier topics +
@@ -17,7 +17,8 @@ Decode: one query token per sequence over a paged cache (pages of 64 tokens, ide
 table), pooled keys precomputed; SDPA decode reads the same K/V laid out contiguously.
 Decode times (ours and SDPA's) are CUDA-graph replays, so host overhead is excluded.
 Bandwidth counts the bytes our decode must read: pooled keys of every candidate block plus
-K and V of the selected and local blocks (per KV group) and q/o.
+K and V of the selected and local blocks (per KV group) and q/o. --kernels adds, per decode
+row, the device time of each dash_* kernel (torch.profiler over 5 eager calls).
 """
 import argparse, math, os, sys
 

@@ -142,7 +142,7 @@ fn fast_path(dev: &CudaDevice, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, hpu
         return false;
     }
     let p = &d.paged;
-    let aligned = |t: &Tensor| t.ptr % 16 == 0 && t.strides[3] == 1 && t.strides[..3].iter().all(|&s| s % 8 == 0);
+    let aligned = |t: &Tensor| t.ptr.is_multiple_of(16) && t.strides[3] == 1 && t.strides[..3].iter().all(|&s| s % 8 == 0);
     let rows = if cfg.selection == Selection::PerHead { d.group * d.q_len } else { d.q_len };
     let optin = dev.props.smem_optin.max(48 * 1024) as usize;
     (p.d == 64 || p.d == 128)
