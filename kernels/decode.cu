@@ -1,5 +1,14 @@
-// DashAttention decode over a paged KV cache (SPEC 5), CUDA. Correctness-first ("v1").
+// DashAttention decode over a paged KV cache (SPEC 5), CUDA.
 // Fixed grids (graph capturable: sequence lengths and page tables are read on the device).
+// Fast path ("v2", D in {64, 128}, 16-byte aligned caches, <= 16 heads per unit):
+//   dash_dec_score_*  : grid (chunks, Hkv, N): each CTA scores a slice of the candidate
+//                       blocks' pooled keys (16-byte loads, a lane group per key) for every
+//                       row / head sharing the KV head, z to the workspace.
+//   dash_dec_select_* : one CTA per (sequence, unit, row): max, tau by Newton on
+//                       ||(s - tau)_+||_k - 1 (convex: monotone from the left), compaction.
+//   dash_dec_attn_*   : split-KV attention; K/V tiles via cp.async (double buffered,
+//                       swizzled smem), then the same lse merge.
+// Generic path ("v1", any D <= 256, any alignment):
 //   dash_pool_paged_* : pooled keys of blocks completed between prev_seq_lens and seq_lens.
 //   dash_dec_coarse_* : per (sequence, selection unit, row): z_j over the complete
 //                       candidate blocks from the pooled cache, the entmax threshold tau
@@ -57,9 +66,17 @@ struct DecParams {
     float *lse_part;  // ws [splits, N, Hq, q_len]
     int n, q_len, hq, hkv, d, bs, ps, num_pages, max_pages, nbmax, n_local, per_head, group, splits;
     float alpha, sigma, sigma_c;
+    int cb;      // v2 score kernel: candidate blocks per CTA
+    float *lse;  // v2: [N, Hq, q_len] output or null (v1 merges through MergeParams)
+    i64 sl_n, sl_h, sl_l;
+    int *cnt;  // ws [rows_total]: v2 per-row count of finished splits (fused merge)
+    int *items;   // ws [rows_total * splits] int4: v2 attention work list (see write_item)
+    int *nitems;  // ws [1]: its length (zeroed by the score kernel, appended by select)
+    int wchunk;   // v2: blocks per work item (at least; rows with > splits * wchunk blocks use more)
+    int pad_;
 };
 // Must match src/cuda/decode.rs `DecParams` (#[repr(C)]).
-static_assert(sizeof(DecParams) == 360, "DecParams layout");
+static_assert(sizeof(DecParams) == 424, "DecParams layout");
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -422,12 +439,759 @@ __device__ __forceinline__ void merge(const MergeParams &p) {
     if (p.lse && threadIdx.x == 0) p.lse[b * p.slo_n + hh * p.slo_h + r * p.slo_l] = lse;
 }
 
+// ================================================================ fast path (v2)
+__device__ __forceinline__ u32 smem_u32(const void *ptr) {
+    u32 r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(ptr));
+    return r;
+}
+__device__ __forceinline__ void cp_async16(u32 dst, const void *src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+__device__ __forceinline__ uint4 ldg_stream(const void *ptr) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(ptr));
+    return r;
+}
+// Two packed 16-bit values -> floats (lo = element 2i, hi = element 2i+1).
+template <typename T> __device__ __forceinline__ void unpack2(u32 w, float &lo, float &hi);
+template <> __device__ __forceinline__ void unpack2<bf16_t>(u32 w, float &lo, float &hi) {
+    lo = __uint_as_float(w << 16);
+    hi = __uint_as_float(w & 0xffff0000u);
+}
+template <> __device__ __forceinline__ void unpack2<f16_t>(u32 w, float &lo, float &hi) {
+    asm("{ .reg .f16 a, b; mov.b32 {a, b}, %2; cvt.f32.f16 %0, a; cvt.f32.f16 %1, b; }" : "=f"(lo), "=f"(hi) : "r"(w));
+}
+template <typename T> __device__ __forceinline__ void unpack8(uint4 v, float *f) {
+    unpack2<T>(v.x, f[0], f[1]);
+    unpack2<T>(v.y, f[2], f[3]);
+    unpack2<T>(v.z, f[4], f[5]);
+    unpack2<T>(v.w, f[6], f[7]);
+}
+
+// Row index (into z / tau / sel_*) of local row lr of KV head hk in sequence b for the
+// score kernel: per head, lr = g * q_len + r (unit hk*G + g); per group, lr = r (unit hk).
+__device__ __forceinline__ i64 score_row(const DecParams &p, int b, int hk, int lr) {
+    if (p.per_head) {
+        int g = lr / p.q_len, r = lr % p.q_len;
+        return ((i64)b * p.hq + hk * p.group + g) * p.q_len + r;
+    }
+    return ((i64)b * p.hkv + hk) * p.q_len + lr;
+}
+
+// ---------------------------------------------------------------- v2 coarse scores
+// grid (ceil(nbmax / cb), Hkv, N), block 256 (8 warps). Dynamic smem: q rows [R][D] floats,
+// pre-scaled (sigma_c, and the 1/G group mean folded in), R = q_len (per group) or
+// G * q_len (per head). A group of D/8 lanes holds one pooled key (16 bytes a lane); each
+// lane group keeps U keys in flight. RT rows are scored per pass over the keys (RT = 1
+// when R = 1, else 4: further row groups re-read the keys, from L2).
+template <typename T, int D, int RT>
+__device__ __forceinline__ void dec_score(const DecParams &p) {
+    constexpr int LPK = D / 8, KPW = 32 / LPK, U = 4, NW = 8;
+    extern __shared__ float qs[];
+    const int chunk = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+    if ((chunk | hk | b | threadIdx.x) == 0) *p.nitems = 0;  // the select kernels append to it
+    const int G = p.group;
+    const int R = p.per_head ? G * p.q_len : p.q_len;
+    const float qscale = p.per_head ? p.sigma_c : p.sigma_c / G;
+    for (int e = threadIdx.x; e < R * D; e += blockDim.x) {
+        int lr = e / D, x = e % D;
+        const T *qb = (const T *)p.q + b * p.sq_n + (hk * G) * p.sq_h + x;
+        float v;
+        if (p.per_head) {
+            int g = lr / p.q_len, r = lr % p.q_len;
+            v = to_f(qb[r * p.sq_l + g * p.sq_h]);
+        } else {
+            v = 0.f;
+            for (int g = 0; g < G; ++g) v += to_f(qb[lr * p.sq_l + g * p.sq_h]);
+        }
+        qs[e] = v * qscale;
+    }
+    __syncthreads();
+    const int len = seq_len(p, b);
+    const i64 t = (i64)len - 1;  // the last row has the most candidates
+    const int ncand = t >= 0 ? (int)max((i64)0, t / p.bs - p.n_local + 1) : 0;
+    const int j0 = chunk * p.cb, j1 = min(ncand, j0 + p.cb);
+    if (j0 >= j1) return;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, kg = lane / LPK, kl = lane % LPK;
+    const T *pc = (const T *)p.pc + hk * p.sp.head + kl * 8;
+    for (int lr0 = 0; lr0 < R; lr0 += RT) {
+        float qf[RT][8];
+#pragma unroll
+        for (int rr = 0; rr < RT; ++rr)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) qf[rr][e] = lr0 + rr < R ? qs[(lr0 + rr) * D + kl * 8 + e] : 0.f;
+        i64 zrow[RT];
+#pragma unroll
+        for (int rr = 0; rr < RT; ++rr) zrow[rr] = lr0 + rr < R ? score_row(p, b, hk, lr0 + rr) * p.nbmax : -1;
+        // Page-table entries of the next iteration load while this one's keys are in flight.
+        constexpr int STEP = NW * KPW * U;
+        int pg[U];
+        auto pages = [&](int jb, int *pgo) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                int j = jb + u * KPW + kg;
+                pgo[u] = j < j1 ? page_of(p, b, (i64)j * p.bs) : -1;
+            }
+        };
+        pages(j0 + warp * KPW * U, pg);
+        for (int jb = j0 + warp * KPW * U; jb < j1; jb += STEP) {
+            uint4 kv[U];
+            bool ok[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                int j = jb + u * KPW + kg;
+                ok[u] = pg[u] >= 0;
+                kv[u] = make_uint4(0, 0, 0, 0);
+                if (ok[u]) kv[u] = ldg_stream(pc + pg[u] * p.sp.page + ((((i64)j * p.bs) % p.ps) / p.bs) * p.sp.slot);
+            }
+            pages(jb + STEP, pg);
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                float kf[8];
+                unpack8<T>(kv[u], kf);
+                const int j = jb + u * KPW + kg;
+#pragma unroll
+                for (int rr = 0; rr < RT; ++rr) {
+                    float a = 0.f;
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) a = fmaf(qf[rr][e], kf[e], a);
+#pragma unroll
+                    for (int o = LPK / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+                    if (kl == 0 && j < j1 && zrow[rr] >= 0) p.z[zrow[rr] + j] = ok[u] ? a : -DA_INF;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- v2 threshold + selection
+// grid (q_len, units, N), block SEL_NT. z of the row's candidates stays in registers
+// (SEL_C per thread, j = tid + i * SEL_NT; beyond that re-read from the workspace).
+#define SEL_NT 256
+#define SEL_C 8
+// Sum of two doubles over the block; red has 2 * 2 * 32 slots (two buffers alternated by
+// `par`, so one barrier per call suffices).
+__device__ __forceinline__ void block_sum2(double &a, double &c, double *red, int par) {
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_xor_sync(0xffffffffu, a, o);
+        c += __shfl_xor_sync(0xffffffffu, c, o);
+    }
+    double *rb = red + par * 64;
+    if ((threadIdx.x & 31) == 0) {
+        rb[threadIdx.x >> 5] = a;
+        rb[32 + (threadIdx.x >> 5)] = c;
+    }
+    __syncthreads();
+    a = 0.0;
+    c = 0.0;
+    for (int w = 0; w < SEL_NT / 32; ++w) {
+        a += rb[w];
+        c += rb[32 + w];
+    }
+}
+
+#define SEL_ACT 256
+// Exclusive prefix (pos) and total of cnt over the block (SEL_NT threads); wc: SEL_NT/32 ints.
+__device__ __forceinline__ void block_scan(int cnt, int *wc, int &pos, int &total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int incl = cnt;
+    for (int o = 1; o < 32; o <<= 1) {
+        int v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
+    }
+    __syncthreads();  // wc may still be read by an earlier scan
+    if (lane == 31) wc[warp] = incl;
+    __syncthreads();
+    pos = incl - cnt;
+    total = 0;
+    for (int w = 0; w < SEL_NT / 32; ++w) {
+        if (w < warp) pos += wc[w];
+        total += wc[w];
+    }
+}
+// Work item i of row ru (nit items of `per` blocks; nsel selected blocks): int4
+// (row, split | nsplit << 16, per, nsel).
+__device__ __forceinline__ void write_item(const DecParams &p, int slot, i64 ru, int i, int nit, int per, int nsel) {
+    ((int4 *)p.items)[slot] = make_int4((int)ru, i | (nit << 16), per, nsel);
+}
+
+template <typename T>
+__device__ __forceinline__ void dec_select(const DecParams &p) {
+    __shared__ float red[32];
+    __shared__ double redd[128];
+    __shared__ int wcnt[SEL_NT / 32];
+    const int r = blockIdx.x, u = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+    const int units = p.per_head ? p.hq : p.hkv;
+    const int h0 = p.per_head ? u : u * p.group;
+    const i64 ru = ((i64)b * units + u) * p.q_len + r;
+    const int len = seq_len(p, b);
+    const i64 t = (i64)len - p.q_len + r;
+    const int ncand = t >= 0 ? (int)max((i64)0, t / p.bs - p.n_local + 1) : 0;
+    const float alpha = fminf(fmaxf(p.head_alpha ? p.head_alpha[h0 * p.ha_stride] : p.alpha, 1.f), 2.f);
+    if (tid == 0) p.cnt[ru] = 0;  // the attention's finished-split counter of this row
+    const float *z = p.z + ru * p.nbmax;
+    float zc[SEL_C];
+    float mx = -DA_INF;
+#pragma unroll
+    for (int i = 0; i < SEL_C; ++i) {
+        int j = tid + i * SEL_NT;
+        zc[i] = j < ncand ? z[j] : -DA_INF;
+        mx = fmaxf(mx, zc[i]);
+    }
+    for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) mx = fmaxf(mx, z[j]);
+    mx = block_max(mx, red);
+    float tau = -DA_INF;
+    const bool soft = alpha <= 1.f;
+    const float am1 = alpha - 1.f;
+    if (!soft && mx > -DA_INF) {
+        // Only s_j > max s - 1 can be in the support (tau >= max s - 1). When at most
+        // SEL_ACT of them exist, compact them (in (thread, i) order) and let one warp solve
+        // and select with shuffles only (no block barriers per Newton step).
+        __shared__ float act_s[SEL_ACT];
+        __shared__ int act_j[SEL_ACT];
+        const float thr = am1 * mx - 1.f;
+        int acnt = 0;
+#pragma unroll
+        for (int i = 0; i < SEL_C; ++i) acnt += am1 * zc[i] > thr ? 1 : 0;
+        for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) acnt += am1 * z[j] > thr ? 1 : 0;
+        int apos, atot;
+        block_scan(acnt, wcnt, apos, atot);
+        if (atot <= SEL_ACT) {
+#pragma unroll
+            for (int i = 0; i < SEL_C; ++i) {
+                float sv = am1 * zc[i];
+                if (sv > thr) {
+                    act_s[apos] = sv;
+                    act_j[apos] = tid + i * SEL_NT;
+                    ++apos;
+                }
+            }
+            for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) {
+                float sv = am1 * z[j];
+                if (sv > thr) {
+                    act_s[apos] = sv;
+                    act_j[apos] = j;
+                    ++apos;
+                }
+            }
+            __syncthreads();
+            if (tid >= 32) return;
+            const int lane = tid;
+            float av[SEL_ACT / 32];
+#pragma unroll
+            for (int i = 0; i < SEL_ACT / 32; ++i) av[i] = lane + 32 * i < atot ? act_s[lane + 32 * i] : -DA_INF;
+            const float k = 1.f / am1;
+            const int kind = am1 == 1.f ? 1 : (am1 == 0.5f ? 2 : 0);
+            double tt = (double)am1 * mx - 1.0;
+            for (int it = 0; it < 40; ++it) {
+                const float tf = (float)tt;
+                double M = 0.0, S1 = 0.0;
+#pragma unroll
+                for (int i = 0; i < SEL_ACT / 32; ++i) {
+                    float x = av[i] - tf;
+                    if (x > 0.f) {
+                        float xk1 = kind == 1 ? 1.f : (kind == 2 ? x : powf(x, k - 1.f));
+                        M += (double)(xk1 * x);
+                        S1 += (double)xk1;
+                    }
+                }
+                for (int o = 16; o > 0; o >>= 1) {
+                    M += __shfl_xor_sync(0xffffffffu, M, o);
+                    S1 += __shfl_xor_sync(0xffffffffu, S1, o);
+                }
+                if (!(M > 0.0) || !(S1 > 0.0)) break;
+                const double N = kind == 2 ? sqrt(M) : (kind == 1 ? M : pow(M, (double)am1));
+                if (!(N > 1.0)) break;
+                const double dt = (N - 1.0) * M / (N * S1);
+                tt += dt;
+                if (!(dt > 1e-7 * fmax(1.0, fabs(tt)))) break;
+            }
+            const float tw = (float)tt;
+            int base = 0;
+            int *si = p.sel_idx + ru * p.nbmax;
+            float *sb = p.sel_beta + ru * p.nbmax;
+#pragma unroll
+            for (int i = 0; i < SEL_ACT / 32; ++i) {
+                const float x = av[i] - tw;
+                const bool sel = x > 0.f;
+                const unsigned m = __ballot_sync(0xffffffffu, sel);
+                if (sel) {
+                    const int pos = base + __popc(m & ((1u << lane) - 1u));
+                    si[pos] = act_j[lane + 32 * i];
+                    sb[pos] = logf(x) / am1;
+                }
+                base += __popc(m);
+            }
+            if (lane == 0) {
+                p.sel_n[ru] = base;
+                p.tau[ru] = tw;
+            }
+            const int nblk = base + (int)(t / p.bs - max((i64)0, t / p.bs - p.n_local + 1) + 1);
+            const int per = max(p.wchunk, (nblk + p.splits - 1) / p.splits), nit = (nblk + per - 1) / per;
+            int ib = 0;
+            if (lane == 0) ib = atomicAdd(p.nitems, nit);
+            ib = __shfl_sync(0xffffffffu, ib, 0);
+            for (int i = lane; i < nit; i += 32) write_item(p, ib + i, ru, i, nit, per, base);
+            return;
+        }
+    }
+    if (mx > -DA_INF) {
+        if (soft) {
+            float s = 0.f;
+#pragma unroll
+            for (int i = 0; i < SEL_C; ++i) s += __expf(zc[i] - mx);
+            for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) s += __expf(z[j] - mx);
+            tau = mx + logf(block_sum(s, red));
+        } else {
+            // g(tau) = ||(s - tau)_+||_k - 1, s = (alpha-1) z, k = 1/(alpha-1): convex and
+            // decreasing, so Newton from tau0 = max s - 1 (g >= 0) rises monotonically to the
+            // root; one term converges in one step. M = sum x^k, S1 = sum x^(k-1),
+            // N = M^(1/k): step (N - 1) M / (N S1).
+            const float k = 1.f / am1;
+            const int kind = am1 == 1.f ? 1 : (am1 == 0.5f ? 2 : 0);
+            double tt = (double)am1 * mx - 1.0;
+            for (int it = 0; it < 40; ++it) {
+                const float tf = (float)tt;
+                double M = 0.0, S1 = 0.0;
+                auto acc = [&](float zv) {
+                    float x = am1 * zv - tf;
+                    if (x > 0.f) {
+                        float xk1 = kind == 1 ? 1.f : (kind == 2 ? x : powf(x, k - 1.f));
+                        M += (double)(xk1 * x);
+                        S1 += (double)xk1;
+                    }
+                };
+#pragma unroll
+                for (int i = 0; i < SEL_C; ++i) acc(zc[i]);
+                for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) acc(z[j]);
+                block_sum2(M, S1, redd, it & 1);
+                if (!(M > 0.0) || !(S1 > 0.0)) break;
+                const double N = kind == 2 ? sqrt(M) : (kind == 1 ? M : pow(M, (double)am1));
+                if (!(N > 1.0)) break;
+                const double dt = (N - 1.0) * M / (N * S1);
+                tt += dt;
+                if (!(dt > 1e-7 * fmax(1.0, fabs(tt)))) break;
+            }
+            tau = (float)tt;
+        }
+    }
+    // Compaction: thread tid owns j = tid + i * SEL_NT; positions by (tid, i) order
+    // (deterministic; the attention does not need increasing j).
+    auto selx = [&](float zv, float &beta) -> bool {
+        if (soft) {
+            beta = zv - tau;
+            return zv > -DA_INF;
+        }
+        float x = am1 * zv - tau;
+        beta = x > 0.f ? logf(x) / am1 : 0.f;
+        return x > 0.f;
+    };
+    int cnt = 0;
+    if (mx > -DA_INF) {
+        float bt;
+#pragma unroll
+        for (int i = 0; i < SEL_C; ++i) cnt += selx(zc[i], bt) ? 1 : 0;
+        for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) cnt += selx(z[j], bt) ? 1 : 0;
+    }
+    int pos, total;
+    block_scan(cnt, wcnt, pos, total);
+    if (cnt > 0) {
+        int *si = p.sel_idx + ru * p.nbmax;
+        float *sb = p.sel_beta + ru * p.nbmax;
+        float bt;
+#pragma unroll
+        for (int i = 0; i < SEL_C; ++i) {
+            int j = tid + i * SEL_NT;
+            if (j < ncand && selx(zc[i], bt)) {
+                si[pos] = j;
+                sb[pos] = bt;
+                ++pos;
+            }
+        }
+        for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) {
+            if (selx(z[j], bt)) {
+                si[pos] = j;
+                sb[pos] = bt;
+                ++pos;
+            }
+        }
+    }
+    if (tid == 0) {
+        p.sel_n[ru] = total;
+        p.tau[ru] = tau;
+    }
+    // Attention work items of this row: its blocks (selected, then local) in chunks of
+    // `per`; their order in the list does not matter (each item's result and the row's
+    // merge are order-independent).
+    __shared__ int ibase;
+    const int nblk = t >= 0 ? total + (int)(t / p.bs - max((i64)0, t / p.bs - p.n_local + 1) + 1) : 0;
+    if (nblk == 0) {  // nothing attended: o = 0, lse = -inf
+        T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
+        const int hpu = p.per_head ? 1 : p.group;
+        for (int e = tid; e < hpu * p.d; e += SEL_NT) ob[(h0 + e / p.d) * p.so_h + e % p.d] = from_f<T>(0.f);
+        if (p.lse)
+            for (int g = tid; g < hpu; g += SEL_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = -DA_INF;
+        return;
+    }
+    const int per = max(p.wchunk, (nblk + p.splits - 1) / p.splits), nit = (nblk + per - 1) / per;
+    if (tid == 0) ibase = atomicAdd(p.nitems, nit);
+    __syncthreads();
+    for (int i = tid; i < nit; i += SEL_NT) write_item(p, ibase + i, ru, i, nit, per, total);
+}
+
+// ---------------------------------------------------------------- v2 split-KV attention
+// Persistent grid (about 3 CTAs per SM), block 128 (4 warps); CTA i takes work items
+// i, i + grid, ... of the list dec_select built: item (row, s) is the s-th chunk of `per`
+// blocks of the row's selected + local blocks, processed in tiles of TK = min(B, 64) keys. K and V tiles go global ->
+// smem by cp.async (16 bytes a thread, double buffered), rows stored with the 16-byte
+// chunk index XOR (key & 7) (conflict-free ldmatrix). Tensor cores (mma.sync m16n8k16):
+// the unit's heads are the M rows (zero-padded to 16), warp w takes keys [16w, 16w+16) of
+// every tile with its own online-softmax state (log2 domain, P rounded to T for P V as in
+// the forward); the 4 warp states merge in smem at the end. Then, fused merge: a split
+// with work writes its partial (o, lse) to the workspace; the last one to finish (a
+// per-row counter, zeroed by dec_select every call) merges all partials in split order
+// (deterministic) into o / lse. A row whose work fits one split writes o directly.
+// Dynamic smem: K[2][64][D], V[2][64][D], Q[16][D] (T), ok[2][64] (int), misc.
+#define ATT_NT 128
+#define DA_LOG2E 1.4426950408889634f
+#define DA_LN2 0.6931471805599453f
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+template <typename T> __device__ __forceinline__ u32 pack2(float lo, float hi);
+template <> __device__ __forceinline__ u32 pack2<bf16_t>(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <> __device__ __forceinline__ u32 pack2<f16_t>(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ void ldsm_x4(u32 *r, u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(u32 *r, u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+template <typename T> __device__ __forceinline__ void mma16816(float *c, const u32 *a, u32 b0, u32 b1);
+template <> __device__ __forceinline__ void mma16816<bf16_t>(float *c, const u32 *a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<f16_t>(float *c, const u32 *a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ float ldcg(const float *ptr) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(ptr));
+    return v;
+}
+__device__ __forceinline__ float4 ldcg4(const float *ptr) {
+    float4 v;
+    asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(ptr));
+    return v;
+}
+// element offset of 16-byte chunk `chunk` of row `row` in a [rows][D] 16-bit tile
+template <int D> __device__ __forceinline__ int swz(int row, int chunk) { return row * D + ((chunk ^ (row & 7)) << 3); }
+
+template <typename T, int D>
+__device__ __forceinline__ void dec_attn(const DecParams &p) {
+    constexpr int KST = D / 16, NTO = D / 8, CPK = D / 8, TKM = 64;
+    extern __shared__ uint4 smv[];
+    u16 *sK = (u16 *)smv, *sV = sK + 2 * TKM * D, *sQ = sV + 2 * TKM * D;
+    int *okm = (int *)(sQ + 16 * D);                          // [2][64]
+    float *wm = (float *)(okm + 2 * TKM), *wl = wm + 4 * 16;  // [4][16] each
+    float *mw = wl + 4 * 16;                                  // weights [16][64]
+    int *flag = (int *)(mw + 16 * 64);
+    float *wo = (float *)smv;  // [4][16][D] after an item's tiles (reuses K/V)
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int units = p.per_head ? p.hq : p.hkv;
+    const int hpu = p.per_head ? 1 : p.group;
+    const int bs = p.bs;
+    const int TK = bs < TKM ? bs : TKM, npb = bs / TK;
+    const float sl2 = p.sigma * DA_LOG2E;
+    const int kw = warp * 16;  // this warp's keys in a tile
+    const int nitems = *p.nitems;
+    for (int it = blockIdx.x; it < nitems; it += gridDim.x) {
+        const int4 item = ((const int4 *)p.items)[it];
+        const i64 ru = item.x;
+        const int s = item.y & 0xffff, nsplit = item.y >> 16, per = item.z, nsel = item.w;
+        const int r = (int)(ru % p.q_len), u = (int)((ru / p.q_len) % units), b = (int)(ru / ((i64)p.q_len * units));
+        const int h0 = p.per_head ? u : u * p.group;
+        const int hk = h0 / p.group;
+        const int len = seq_len(p, b);
+        const i64 t = (i64)len - p.q_len + r;  // >= 0: rows with t < 0 have no items
+        const i64 c = t / bs;
+        const int first_local = (int)max((i64)0, c - p.n_local + 1);
+        const int total = nsel + (int)(c - first_local + 1);
+        const int m0 = s * per, m1 = min(total, (s + 1) * per);
+        const int tt0 = m0 * npb, tt1 = m1 * npb;
+        const i64 tend = min((i64)len, t + 1);  // keys [0, tend) may be attended
+        T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
+        // Q rows (heads of the unit; rows >= hpu zero).
+        for (int e = tid; e < 16 * D; e += ATT_NT) {
+            int g = e / D, x = e % D;
+            T v = from_f<T>(0.f);
+            if (g < hpu) v = ((const T *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x];
+            sQ[swz<D>(g, x >> 3) + (x & 7)] = *(u16 *)&v;
+        }
+        auto tile = [&](int tt, float &beta, i64 &i0, int &cnt) {
+            int m = tt / npb, sub = tt % npb, j;
+            if (m < nsel) {
+                j = p.sel_idx[ru * p.nbmax + m];
+                beta = p.sel_beta[ru * p.nbmax + m];
+            } else {
+                j = first_local + (m - nsel);
+                beta = 0.f;
+            }
+            i0 = (i64)j * bs + sub * TK;
+            cnt = (int)max((i64)0, min((i64)TK, tend - i0));
+        };
+        auto issue = [&](int tt, int stage) {
+            float beta;
+            i64 i0;
+            int cnt;
+            tile(tt, beta, i0, cnt);
+            u16 *kd = sK + stage * TKM * D, *vd = sV + stage * TKM * D;
+            for (int e = tid; e < TK * CPK; e += ATT_NT) {
+                int ii = e / CPK, col = e % CPK;
+                const T *ks = (const T *)p.kc, *vs = (const T *)p.vc;
+                bool ok = false;
+                if (ii < cnt) {
+                    int pg = page_of(p, b, i0 + ii);
+                    if (pg >= 0) {
+                        i64 slot = (i0 + ii) % p.ps;
+                        ks += pg * p.sk.page + slot * p.sk.slot + hk * p.sk.head + col * 8;
+                        vs += pg * p.sv.page + slot * p.sv.slot + hk * p.sv.head + col * 8;
+                        ok = true;
+                    }
+                }
+                int so = swz<D>(ii, col);
+                cp_async16(smem_u32(kd + so), ks, ok ? 16 : 0);
+                cp_async16(smem_u32(vd + so), vs, ok ? 16 : 0);
+                if (col == 0) okm[stage * TKM + ii] = ok;
+            }
+            cp_commit();
+        };
+        issue(tt0, 0);
+        float oacc[NTO][4];
+#pragma unroll
+        for (int i = 0; i < NTO; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
+        float mrow[2] = {-DA_INF, -DA_INF}, lrow[2] = {0.f, 0.f};
+        for (int tt = tt0; tt < tt1; ++tt) {
+            const int stage = (tt - tt0) & 1;
+            if (tt + 1 < tt1) {
+                issue(tt + 1, stage ^ 1);
+                cp_wait<1>();
+            } else {
+                cp_wait<0>();
+            }
+            __syncthreads();  // tile tt (and sQ) visible
+            float beta;
+            i64 i0;
+            int cnt;
+            tile(tt, beta, i0, cnt);
+            if (kw < cnt) {  // warp-uniform
+                const u16 *cK = sK + stage * TKM * D, *cV = sV + stage * TKM * D;
+                const int *okt = okm + stage * TKM;
+                float sacc[2][4];
+#pragma unroll
+                for (int i = 0; i < 2; i++) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
+#pragma unroll
+                for (int kk = 0; kk < KST; kk++) {
+                    u32 bb[4], qf[4];  // Q fragments re-read from smem (keeps registers for O)
+                    ldsm_x4(qf, smem_u32(sQ + swz<D>(lane & 15, kk * 2 + (lane >> 4))));
+                    ldsm_x4(bb, smem_u32(cK + swz<D>(kw + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
+                    mma16816<T>(sacc[0], qf, bb[0], bb[1]);
+                    mma16816<T>(sacc[1], qf, bb[2], bb[3]);
+                }
+                const float b2 = beta * DA_LOG2E;
+                bool kv[2][2];
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        int ii = kw + nt * 8 + (lane & 3) * 2 + e;
+                        kv[nt][e] = ii < cnt && okt[ii] != 0;
+                    }
+#pragma unroll
+                for (int x = 0; x < 2; x++) {
+                    float mx = -DA_INF;
+#pragma unroll
+                    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            float v = kv[nt][e] ? fmaf(sacc[nt][2 * x + e], sl2, b2) : -DA_INF;
+                            sacc[nt][2 * x + e] = v;
+                            mx = fmaxf(mx, v);
+                        }
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    const float mnew = fmaxf(mrow[x], mx);
+                    const float muse = mnew == -DA_INF ? 0.f : mnew;
+                    const float corr = ex2(mrow[x] - muse);
+                    mrow[x] = mnew;
+                    float ls = 0.f;
+#pragma unroll
+                    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            float pe = ex2(sacc[nt][2 * x + e] - muse);
+                            sacc[nt][2 * x + e] = pe;
+                            ls += pe;
+                        }
+                    lrow[x] = lrow[x] * corr + ls;
+#pragma unroll
+                    for (int nt = 0; nt < NTO; nt++) {
+                        oacc[nt][2 * x] *= corr;
+                        oacc[nt][2 * x + 1] *= corr;
+                    }
+                }
+                u32 a[4];
+                a[0] = pack2<T>(sacc[0][0], sacc[0][1]);
+                a[1] = pack2<T>(sacc[0][2], sacc[0][3]);
+                a[2] = pack2<T>(sacc[1][0], sacc[1][1]);
+                a[3] = pack2<T>(sacc[1][2], sacc[1][3]);
+#pragma unroll
+                for (int dp = 0; dp < D / 16; dp++) {
+                    u32 bb[4];
+                    ldsm_x4_t(bb, smem_u32(cV + swz<D>(kw + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4))));
+                    mma16816<T>(oacc[2 * dp], a, bb[0], bb[1]);
+                    mma16816<T>(oacc[2 * dp + 1], a, bb[2], bb[3]);
+                }
+            }
+            __syncthreads();
+        }
+        // Merge the 4 warps' states (rows = heads; m in log2 units).
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            float l = lrow[x];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const int row = (lane >> 2) + 8 * x;
+            if ((lane & 3) == 0) {
+                wm[warp * 16 + row] = mrow[x];
+                wl[warp * 16 + row] = l;
+            }
+            if (row < hpu) {
+#pragma unroll
+                for (int nt = 0; nt < NTO; nt++) {
+                    int d = nt * 8 + (lane & 3) * 2;
+                    *(float2 *)(wo + (warp * 16 + row) * D + d) = make_float2(oacc[nt][2 * x], oacc[nt][2 * x + 1]);
+                }
+            }
+        }
+        __syncthreads();
+        // Per head: M = max_w m_w, L = sum_w l_w 2^(m_w - M), o = sum_w o_w 2^(m_w - M) / L;
+        // mw[g*4 + w] = 2^(m_w - M) / L (0 when empty), mw[64 + g] = lse (natural log).
+        if (tid < hpu) {
+            const int g = tid;
+            float M = -DA_INF;
+            for (int w = 0; w < 4; ++w) M = fmaxf(M, wm[w * 16 + g]);
+            float L = 0.f, f[4];
+            for (int w = 0; w < 4; ++w) {
+                f[w] = M == -DA_INF ? 0.f : ex2(wm[w * 16 + g] - M);
+                L += wl[w * 16 + g] * f[w];
+            }
+            for (int w = 0; w < 4; ++w) mw[g * 4 + w] = L > 0.f ? f[w] / L : 0.f;
+            mw[64 + g] = L > 0.f ? (M + __log2f(L)) * DA_LN2 : -DA_INF;
+        }
+        __syncthreads();
+        const bool single = nsplit == 1;
+        float *opart = p.o_part + (((i64)s * p.n + b) * p.q_len + r) * p.hq * D;
+        for (int e = tid; e < hpu * D; e += ATT_NT) {
+            const int g = e / D, x = e % D;
+            float v = 0.f;
+#pragma unroll
+            for (int w = 0; w < 4; ++w) v += wo[(w * 16 + g) * D + x] * mw[g * 4 + w];
+            if (single) ob[(h0 + g) * p.so_h + x] = from_f<T>(v);
+            else opart[(h0 + g) * D + x] = v;
+        }
+        if (single) {
+            if (p.lse)
+                for (int g = tid; g < hpu; g += ATT_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = mw[64 + g];
+            __syncthreads();  // smem reuse by the next item
+            continue;
+        }
+        for (int g = tid; g < hpu; g += ATT_NT) p.lse_part[(((i64)s * p.n + b) * p.hq + h0 + g) * p.q_len + r] = mw[64 + g];
+        // Fused merge: the last split of the row to finish merges all partials, in split
+        // order (deterministic whichever CTA it is).
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) flag[0] = atomicAdd(p.cnt + ru, 1) == nsplit - 1;
+        __syncthreads();
+        if (flag[0]) {
+            __threadfence();
+            for (int e = tid; e < hpu * nsplit; e += ATT_NT) {
+                const int g = e / nsplit, sp = e % nsplit;
+                mw[g * 64 + sp] = ldcg(p.lse_part + (((i64)sp * p.n + b) * p.hq + h0 + g) * p.q_len + r);
+            }
+            __syncthreads();
+            if (tid < hpu) {
+                const int g = tid;
+                float mx = -DA_INF;
+                for (int sp = 0; sp < nsplit; ++sp) mx = fmaxf(mx, mw[g * 64 + sp]);
+                float sum = 0.f;
+                if (mx > -DA_INF)
+                    for (int sp = 0; sp < nsplit; ++sp) sum += __expf(mw[g * 64 + sp] - mx);
+                const float lse = mx > -DA_INF ? mx + logf(sum) : -DA_INF;
+                for (int sp = 0; sp < nsplit; ++sp) mw[g * 64 + sp] = lse > -DA_INF ? __expf(mw[g * 64 + sp] - lse) : 0.f;
+                if (p.lse) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = lse;
+            }
+            __syncthreads();
+            const float *o0 = p.o_part + ((i64)b * p.q_len + r) * p.hq * D + h0 * D;
+            const i64 sstride = (i64)p.n * p.q_len * p.hq * D;
+            for (int e = tid; e < hpu * D / 4; e += ATT_NT) {
+                const int g = e / (D / 4), x = (e % (D / 4)) * 4;
+                const float *op = o0 + g * D + x;
+                float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+                for (int sp = 0; sp < nsplit; ++sp) {
+                    const float w = mw[g * 64 + sp];
+                    const float4 a = ldcg4(op + sp * sstride);
+                    v.x = fmaf(w, a.x, v.x);
+                    v.y = fmaf(w, a.y, v.y);
+                    v.z = fmaf(w, a.z, v.z);
+                    v.w = fmaf(w, a.w, v.w);
+                }
+                T *od = ob + (h0 + g) * p.so_h + x;
+                od[0] = from_f<T>(v.x);
+                od[1] = from_f<T>(v.y);
+                od[2] = from_f<T>(v.z);
+                od[3] = from_f<T>(v.w);
+            }
+            if (tid == 0) p.cnt[ru] = 0;
+        }
+        __syncthreads();  // smem reuse by the next item
+    }
+}
+
 #define DASH_DEC_INSTANTIATE(T, NAME)                                                                 \
     extern "C" __global__ void dash_pool_paged_##NAME(DecParams p) { pool_paged<T>(p); }               \
     extern "C" __global__ void __launch_bounds__(256) dash_dec_coarse_##NAME(DecParams p) { dec_coarse<T>(p); } \
     extern "C" __global__ void dash_dec_attend_##NAME(DecParams p) { dec_attend<T>(p); } \
     extern "C" __global__ void dash_merge_f32_##NAME(MergeParams p) { merge<float, T>(p); }            \
-    extern "C" __global__ void dash_merge_##NAME(MergeParams p) { merge<T, T>(p); }
+    extern "C" __global__ void dash_merge_##NAME(MergeParams p) { merge<T, T>(p); }                   \
+    extern "C" __global__ void __launch_bounds__(256, 3) dash_dec_score_d64_##NAME(DecParams p) { dec_score<T, 64, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d64_r4_##NAME(DecParams p) { dec_score<T, 64, 4>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) dash_dec_score_d128_##NAME(DecParams p) { dec_score<T, 128, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d128_r4_##NAME(DecParams p) { dec_score<T, 128, 4>(p); } \
+    extern "C" __global__ void __launch_bounds__(SEL_NT) dash_dec_select_##NAME(DecParams p) { dec_select<T>(p); } \
+    extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d64_##NAME(DecParams p) { dec_attn<T, 64>(p); } \
+    extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d128_##NAME(DecParams p) { dec_attn<T, 128>(p); }
 
 DASH_DEC_INSTANTIATE(f16_t, f16)
 DASH_DEC_INSTANTIATE(bf16_t, bf16)

@@ -4,7 +4,7 @@ API) beside torch SDPA (cuDNN and flash backends) in the same process, same GPU.
 
     DASHATTN_LIBRARY=.../libdashattn.so python3 scripts/bench_backward_decode.py \
         [--bwd-lens 8192,16384,32768] [--dec-lens 8192,32768,131072] [--batches 1,8,64] \
-        [--kscale 1,4,8] [--reps 10]
+        [--kscale 1,4,8] [--reps 10] [--kernels]
 
 Inputs come from the topic generator of docs/performance.md (a topic vector per key block
 and KV head; keys = kscale * (topic + 0.5 noise), queries = mix of 3 earlier topics +
@@ -17,7 +17,8 @@ Decode: one query token per sequence over a paged cache (pages of 64 tokens, ide
 table), pooled keys precomputed; SDPA decode reads the same K/V laid out contiguously.
 Decode times (ours and SDPA's) are CUDA-graph replays, so host overhead is excluded.
 Bandwidth counts the bytes our decode must read: pooled keys of every candidate block plus
-K and V of the selected and local blocks (per KV group) and q/o.
+K and V of the selected and local blocks (per KV group) and q/o. --kernels adds, per decode
+row, the device time of each dash_* kernel (torch.profiler over 5 eager calls).
 """
 import argparse, math, os, sys
 
@@ -29,6 +30,7 @@ ap.add_argument("--kscale", default="1,4,8")
 ap.add_argument("--reps", type=int, default=10)
 ap.add_argument("--skip", default="")
 ap.add_argument("--profile", action="store_true", help="backward: per-kernel times (torch profiler) and tile-level density")
+ap.add_argument("--kernels", action="store_true", help="decode: per-kernel device times (torch.profiler, eager calls)")
 a = ap.parse_args()
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bindings", "python"))
@@ -222,6 +224,21 @@ def entmax_tau(z, alpha, valid):
     return lo
 
 
+def kernel_times(fn, reps=5):
+    """Mean device microseconds per call of each dash_* kernel launched by fn."""
+    from torch.profiler import profile, ProfilerActivity
+    fn(); torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    tot = {}
+    for e in prof.events():
+        if e.name.startswith("dash_"):
+            tot[e.name] = tot.get(e.name, 0.0) + e.device_time_total
+    return ", ".join(f"{k} {v / reps:.1f}" for k, v in sorted(tot.items(), key=lambda kv: -kv[1]))
+
+
 def bench_decode():
     print("\n## Decode (one token per sequence, Hq=32, Hkv=8, D=128, B=64, bf16, pages of 64)\n")
     print("| batch | context | kscale | block sparsity | dash us | cuDNN us | flash us | x cuDNN | x flash | dash GB/s on bytes read |")
@@ -275,6 +292,8 @@ def bench_decode():
                         base[name] = float("nan")
                 print(f"| {n:5d} | {L:7d} | {ks:6g} | {100*sparsity:13.1f}% | {us:7.1f} | {base['cudnn']:8.1f} | {base['flash']:8.1f} | "
                       f"{base['cudnn']/us:7.2f} | {base['flash']/us:7.2f} | {bytes_read/(us*1e-6)/1e9:23.0f} |", flush=True)
+                if a.kernels:
+                    print(f"#   kernels (n={n}, L={L}, kscale={ks:g}): {kernel_times(lambda: dashattn.decode(q, kc, vc, pooled, table, lens, alpha=ALPHA, block_size=B, context=ctx, out=o))}", flush=True)
                 ctx.close()
                 del k, v, q, kc, vc, pooled, o, kd, vd, qd
                 torch.cuda.empty_cache()

@@ -58,8 +58,16 @@ struct DecParams {
     alpha: f32,
     sigma: f32,
     sigma_c: f32,
+    cb: i32,
+    lse: u64,
+    sl: [i64; 3],
+    cnt: u64,
+    items: u64,
+    nitems: u64,
+    wchunk: i32,
+    pad_: i32,
 }
-const _: () = assert!(std::mem::size_of::<DecParams>() == 360);
+const _: () = assert!(std::mem::size_of::<DecParams>() == 424);
 
 /// Mirror of `struct MergeParams` in kernels/decode.cu.
 #[repr(C)]
@@ -101,8 +109,49 @@ fn kname(base: &str, s: &str) -> &'static str {
         ("merge_f32", "bf16") => "dash_merge_f32_bf16",
         ("merge_f32", _) => "dash_merge_f32_f16",
         ("merge", "bf16") => "dash_merge_bf16",
-        _ => "dash_merge_f16",
+        ("merge", _) => "dash_merge_f16",
+        ("score64", "bf16") => "dash_dec_score_d64_bf16",
+        ("score64", _) => "dash_dec_score_d64_f16",
+        ("score64r4", "bf16") => "dash_dec_score_d64_r4_bf16",
+        ("score64r4", _) => "dash_dec_score_d64_r4_f16",
+        ("score128", "bf16") => "dash_dec_score_d128_bf16",
+        ("score128", _) => "dash_dec_score_d128_f16",
+        ("score128r4", "bf16") => "dash_dec_score_d128_r4_bf16",
+        ("score128r4", _) => "dash_dec_score_d128_r4_f16",
+        ("select", "bf16") => "dash_dec_select_bf16",
+        ("select", _) => "dash_dec_select_f16",
+        ("attn64", "bf16") => "dash_dec_attn_d64_bf16",
+        ("attn64", _) => "dash_dec_attn_d64_f16",
+        ("attn128", "bf16") => "dash_dec_attn_d128_bf16",
+        _ => "dash_dec_attn_d128_f16",
     }
+}
+
+/// Shared memory of the v2 attention kernel (kernels/decode.cu `dec_attn`).
+fn attn_smem(d: usize) -> usize {
+    // K, V [2][64][D] + Q [16][D] (16-bit), ok [2][64], m/l [4][16] each, weights [16][64], flag
+    2 * 2 * 64 * d * 2 + 16 * d * 2 + 2 * 64 * 4 + 2 * 64 * 4 + 16 * 64 * 4 + 16
+}
+
+/// The v2 kernels need D in {64, 128}, at most 16 heads per selection unit, 16-byte
+/// aligned K/V/pooled rows (base pointers and page/slot/head strides) and the shared memory
+/// for the score kernel's query rows. Anything else takes the generic v1 kernels.
+/// DASHATTN_DECODE_V1=1 forces v1 (A/B measurements).
+fn fast_path(dev: &CudaDevice, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, hpu: usize) -> bool {
+    if std::env::var("DASHATTN_DECODE_V1").is_ok_and(|v| v == "1") {
+        return false;
+    }
+    let p = &d.paged;
+    let aligned = |t: &Tensor| t.ptr.is_multiple_of(16) && t.strides[3] == 1 && t.strides[..3].iter().all(|&s| s % 8 == 0);
+    let rows = if cfg.selection == Selection::PerHead { d.group * d.q_len } else { d.q_len };
+    let optin = dev.props.smem_optin.max(48 * 1024) as usize;
+    (p.d == 64 || p.d == 128)
+        && hpu <= 16
+        && aligned(&a.k_cache)
+        && aligned(&a.v_cache)
+        && aligned(&a.pooled_cache)
+        && rows * p.d * 4 <= optin
+        && attn_smem(p.d) <= optin
 }
 
 struct Plan {
@@ -127,9 +176,11 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
     }
     let nbmax = (p.max_pages * p.page_size / cfg.block_size).max(1);
     let rows = p.n * units * d.q_len;
-    // Enough CTAs to fill the machine twice; a function of shapes only (graph-safe).
-    let want = (2 * dev.props.sm_count.max(1) as usize).div_ceil(rows.max(1));
-    let splits = want.clamp(1, 64).min(nbmax.max(1));
+    // Most splits (partial results) per row: v1 splits every row this many ways (enough
+    // CTAs to fill the machine four times); v2 cuts a row's blocks into work items of
+    // max(wchunk, blocks / splits) blocks, so at least 16. A function of shapes only.
+    let want = (4 * dev.props.sm_count.max(1) as usize).div_ceil(rows.max(1));
+    let splits = want.clamp(16, 64).min(nbmax.max(1));
     let optin = dev.props.smem_optin.max(48 * 1024) as usize;
     if 2 * cfg.block_size * 8 + (2 * hpu * p.d + hpu * cfg.block_size + 2 * hpu) * 4 > optin || hpu * p.d * 4 > optin {
         bail!(Unsupported, "the CUDA decode's shared memory need exceeds this device's limit");
@@ -143,6 +194,9 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
         b(&[rows, nbmax, 4])?,
         b(&[splits, p.n, d.q_len, d.hq, p.d, 4])?,
         b(&[splits, p.n, d.hq, d.q_len, 4])?,
+        b(&[rows, 4])?,
+        b(&[rows, splits, 16])?,
+        4,
     ])?;
     Ok(Plan { units, hpu, nbmax, splits, layout })
 }
@@ -222,6 +276,12 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.sel_beta = at(4);
     dp.o_part = at(5);
     dp.lse_part = at(6);
+    dp.cnt = at(7);
+    dp.items = at(8);
+    dp.nitems = at(9);
+    dp.wchunk = if p.n * pl.units * d.q_len < 128 { 1 } else { 2 };
+    dp.lse = a.lse.map_or(0, |t| t.ptr as u64);
+    dp.sl = a.lse.as_ref().map_or([0; 3], s3);
     dp.q_len = d.q_len as i32;
     dp.hq = d.hq as i32;
     dp.nbmax = pl.nbmax as i32;
@@ -231,14 +291,52 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.alpha = cfg.alpha;
     dp.sigma = sigma as f32;
     dp.sigma_c = sigma_c as f32;
+    if fast_path(dev, cfg, d, a, pl.hpu) {
+        // Candidate blocks per score CTA: about 8 CTAs per SM over all (sequence, KV head)
+        // pairs, a whole number of the CTA's per-iteration key count.
+        let step = if p.d == 64 { 128 } else { 64 };
+        let total = p.n * p.hkv * pl.nbmax;
+        let cb = total.div_ceil(8 * dev.props.sm_count.max(1) as usize).div_ceil(step).max(1) * step;
+        let cb = cb.min(pl.nbmax.div_ceil(step) * step);
+        dp.cb = cb as i32;
+        let chunks = pl.nbmax.div_ceil(cb);
+        if chunks > i32::MAX as usize || p.hkv > 65535 {
+            bail!(Unsupported, "the CUDA decode supports Hkv <= 65535");
+        }
+        let rows = if cfg.selection == Selection::PerHead { d.group * d.q_len } else { d.q_len };
+        let (sc, at) = if p.d == 64 { ("score64", "attn64") } else { ("score128", "attn128") };
+        let sc = if rows == 1 { sc } else if p.d == 64 { "score64r4" } else { "score128r4" };
+        unsafe {
+            let f = kern.function(kname(sc, s))?;
+            launch(f, (chunks, p.hkv, p.n), 256, rows * p.d * 4, stream, &dp, "cuLaunchKernel(dash_dec_score)")?;
+            let f = kern.function(kname("select", s))?;
+            launch(f, (d.q_len, pl.units, p.n), 256, 0, stream, &dp, "cuLaunchKernel(dash_dec_select)")?;
+            let f = kern.function(kname(at, s))?;
+            // (merges the splits itself: no merge launch)
+            let grid = (3 * dev.props.sm_count.max(1) as usize).min(p.n * pl.units * d.q_len * pl.splits).max(1);
+            launch(f, (grid, 1, 1), 128, attn_smem(p.d), stream, &dp, "cuLaunchKernel(dash_dec_attn)")
+        }
+    } else {
+        v1_coarse_attend(kern, s, cfg, d, &pl, &dp, stream)?;
+        merge_parts(kern, s, d, a, &pl, &dp, stream)
+    }
+}
+
+fn v1_coarse_attend(kern: &super::module::Kernels, s: &str, cfg: &Config, d: &DecodeDims, pl: &Plan, dp: &DecParams, stream: sys::CUstream) -> Result<()> {
+    let p = &d.paged;
     let attend_smem = 2 * cfg.block_size * 8 + (2 * pl.hpu * p.d + pl.hpu * cfg.block_size + 2 * pl.hpu) * 4;
     unsafe {
         let f = kern.function(kname("coarse", s))?;
-        launch(f, (d.q_len, pl.units, p.n), 256, pl.hpu * p.d * 4, stream, &dp, "cuLaunchKernel(dash_dec_coarse)")?;
+        launch(f, (d.q_len, pl.units, p.n), 256, pl.hpu * p.d * 4, stream, dp, "cuLaunchKernel(dash_dec_coarse)")?;
         let f = kern.function(kname("attend", s))?;
-        launch(f, (p.n * pl.units, pl.splits, d.q_len), 128, attend_smem, stream, &dp, "cuLaunchKernel(dash_dec_attend)")?;
+        launch(f, (p.n * pl.units, pl.splits, d.q_len), 128, attend_smem, stream, dp, "cuLaunchKernel(dash_dec_attend)")?;
     }
-    // Merge the splits into o (and lse).
+    Ok(())
+}
+
+/// Merges the splits' partial (o, lse) into o (and lse).
+fn merge_parts(kern: &super::module::Kernels, s: &str, d: &DecodeDims, a: &DecodeArgs, pl: &Plan, dp: &DecParams, stream: sys::CUstream) -> Result<()> {
+    let p = &d.paged;
     let (n, l, h, dd, sp) = (p.n as i64, d.q_len as i64, d.hq as i64, p.d as i64, pl.splits as i64);
     let mp = MergeParams {
         o_parts: dp.o_part,
