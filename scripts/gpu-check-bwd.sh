@@ -4,6 +4,7 @@
 #   there: bash scripts/gpu-check-bwd.sh           (device tool, carry .dev-lead)
 # Env: SAN=0 skips compute-sanitizer, TESTS=0 skips the tests, BENCH_ARGS for
 # scripts/bench_backward_decode.py (default: 8k-64k, kscale 2 and 8, --profile).
+set -o pipefail
 cd "$(dirname "$0")/.."
 D=.dev-lead; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export DASHATTN_CACHE_DIR=/tmp/dashattn-cache

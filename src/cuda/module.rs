@@ -121,16 +121,22 @@ impl Kernels {
             return Ok(f as sys::CUfunction);
         }
         let cname = CString::new(name).expect("kernel name");
-        // kernels are named dash_<family>_...; macro-generated names only show their prefix.
-        // Try modules whose source names the kernel, then those naming its family.
-        let prefix: String = name.split('_').take(2).collect::<Vec<_>>().join("_");
-        let exact: Vec<usize> = self.modules.iter().filter(|(_, s)| s.contains(name)).map(|m| m.0).collect();
-        let order: Vec<usize> = if !exact.is_empty() {
-            exact
-        } else {
-            let fam: Vec<usize> = self.modules.iter().filter(|(_, s)| s.contains(prefix.as_str())).map(|m| m.0).collect();
-            if fam.is_empty() { self.modules.iter().map(|m| m.0).collect() } else { fam }
-        };
+        // Kernels are named dash_<family>_...; macro-generated names only show a prefix in
+        // the source. Try the modules whose source holds the longest '_'-prefix of the name
+        // (the whole name first, down to dash_<family>), so a lookup does not probe modules
+        // that lack the kernel (each miss is a CUDA API error that compute-sanitizer reports).
+        let parts: Vec<&str> = name.split('_').collect();
+        let mut order: Vec<usize> = Vec::new();
+        for k in (2..=parts.len()).rev() {
+            let prefix = parts[..k].join("_");
+            order = self.modules.iter().filter(|(_, s)| s.contains(prefix.as_str())).map(|m| m.0).collect();
+            if !order.is_empty() {
+                break;
+            }
+        }
+        if order.is_empty() {
+            order = self.modules.iter().map(|m| m.0).collect();
+        }
         for m in order {
             let mut f: sys::CUfunction = std::ptr::null_mut();
             let r = unsafe { sys::cuModuleGetFunction(&mut f, m as sys::CUmodule, cname.as_ptr()) };
