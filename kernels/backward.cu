@@ -5,15 +5,16 @@
 // Self-contained (no headers) so NVRTC compiles it without an include path.
 //
 // Launch order, all on the caller's stream (src/cuda/backward.rs):
-//  0. dash_pool_*      (kernels/forward.cu): kbar [N, Hkv, nb, D] fp32, the forward's values.
+//  0. dash_pool_*      (kernels/forward.cu): kbar [N, Hkv, nb, D] fp32, the forward's values;
+//     dash_bwd_split_* : kbar as packed bf16/f16 hi + lo pairs (for the selection scan).
 //  1. dash_bwd_prep_*  : D_r = <dO_r, o_r> per (sequence, head, row) -> drow.
 //  2. dash_bwd_select_*: one CTA per (query tile, KV head, sequence); the tile is the
 //                        forward's: 64 "M-rows" = (row, head-of-group) pairs, 4 warps x 16.
 //                        Coarse score z_j of every candidate block (mma with kbar split into
 //                        hi + lo parts), the exact per-row selection from the saved tau; the
 //                        union of selected + local blocks per warp (wmask) and per tile (mask).
-//  3. dash_bwd_dq_*    : same tiles; over the tile union's key chunks (a warp skips blocks
-//                        outside its own union): S = Q K^T, P (with prior), dP = dO V^T,
+//  3. dash_bwd_dq_*    : one warp per CTA, owning one quarter (16 M-rows) of a tile, over
+//                        its own union's key chunks: S = Q K^T, P (with prior), dP = dO V^T,
 //                        dS = P (dP - D), dq += dS K; per selected block
 //                        H_j = sum_i exp(sigma qk_i - lse) (dP_i - D) (no division by p_j),
 //                        dq += (sigma_c / hpu) s_j H_j kbar_j, W += s_j kbar_j, S += s_j;
