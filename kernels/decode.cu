@@ -456,6 +456,20 @@ __device__ __forceinline__ uint4 ldg_stream(const void *ptr) {
                  : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(ptr));
     return r;
 }
+// Programmatic dependent launch (sm_90+; no-ops when the launch did not ask for it): the
+// select and attention kernels are launched so that their CTAs can be scheduled while the
+// previous kernel finishes; every thread waits (griddepcontrol.wait: the previous grid
+// has completed and its memory is visible) before touching anything.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 // Two packed 16-bit values -> floats (lo = element 2i, hi = element 2i+1).
 template <typename T> __device__ __forceinline__ void unpack2(u32 w, float &lo, float &hi);
 template <> __device__ __forceinline__ void unpack2<bf16_t>(u32 w, float &lo, float &hi) {
@@ -492,6 +506,7 @@ template <typename T, int D, int RT>
 __device__ __forceinline__ void dec_score(const DecParams &p) {
     constexpr int LPK = D / 8, KPW = 32 / LPK, U = 4, NW = 8;
     extern __shared__ float qs[];
+    pdl_trigger();
     const int chunk = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
     if ((chunk | hk | b | threadIdx.x) == 0) *p.nitems = 0;  // the select kernels append to it
     const int G = p.group;
@@ -624,6 +639,8 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     __shared__ float red[32];
     __shared__ double redd[128];
     __shared__ int wcnt[SEL_NT / 32];
+    pdl_wait();
+    pdl_trigger();
     const int r = blockIdx.x, u = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
     const int units = p.per_head ? p.hq : p.hkv;
     const int h0 = p.per_head ? u : u * p.group;
@@ -924,6 +941,7 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     const int TK = bs < TKM ? bs : TKM, npb = bs / TK;
     const float sl2 = p.sigma * DA_LOG2E;
     const int kw = warp * 16;  // this warp's keys in a tile
+    pdl_wait();
     const int nitems = *p.nitems;
     for (int it = blockIdx.x; it < nitems; it += gridDim.x) {
         const int4 item = ((const int4 *)p.items)[it];

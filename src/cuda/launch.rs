@@ -21,6 +21,36 @@ pub unsafe fn launch<P>(f: sys::CUfunction, grid: (usize, usize, usize), block: 
     )
 }
 
+/// Like `launch`, with programmatic stream serialization when `pdl` (sm_90+): the kernel
+/// may start before the previous one on the stream finishes, and must execute
+/// `griddepcontrol.wait` before it reads anything that kernel wrote.
+///
+/// # Safety
+/// As `launch`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn launch_pdl<P>(f: sys::CUfunction, grid: (usize, usize, usize), block: usize, smem: usize, stream: sys::CUstream, p: &P, pdl: bool, what: &str) -> Result<()> {
+    if !pdl {
+        return launch(f, grid, block, smem, stream, p, what);
+    }
+    let mut pp = p as *const P as *mut c_void;
+    let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let cfg = sys::CUlaunchConfig {
+        gridDimX: grid.0 as u32,
+        gridDimY: grid.1 as u32,
+        gridDimZ: grid.2 as u32,
+        blockDimX: block as u32,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem as u32,
+        hStream: stream,
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    check(sys::cuLaunchKernelEx(&cfg, f, &mut pp as *mut *mut c_void, std::ptr::null_mut()), what)
+}
+
 /// Byte offsets of workspace buffers, each aligned to WORKSPACE_ALIGN.
 pub struct Layout {
     pub offsets: Vec<usize>,
