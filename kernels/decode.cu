@@ -73,7 +73,7 @@ struct DecParams {
     int *items;   // ws [rows_total * splits] int4: v2 attention work list (see write_item)
     int *nitems;  // ws [1]: its length (zeroed by the score kernel, appended by select)
     int wchunk;   // v2: blocks per work item (at least; rows with > splits * wchunk blocks use more)
-    int pad_;
+    int flags;    // v2: bit 0: select prefetches the K/V rows of the row's blocks into L2
 };
 // Must match src/cuda/decode.rs `DecParams` (#[repr(C)]).
 static_assert(sizeof(DecParams) == 424, "DecParams layout");
@@ -470,6 +470,16 @@ __device__ __forceinline__ void pdl_trigger() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+// L2 prefetch of the K and V rows (D 16-bit values each) of token slot `slot` of page pg,
+// KV head hk: fire and forget (the attention's cp.async then hits L2).
+__device__ __forceinline__ void prefetch_kv_row(const DecParams &p, int pg, i64 slot, int hk) {
+    const char *kr = (const char *)p.kc + 2 * (pg * p.sk.page + slot * p.sk.slot + hk * p.sk.head);
+    const char *vr = (const char *)p.vc + 2 * (pg * p.sv.page + slot * p.sv.slot + hk * p.sv.head);
+    for (int o = 0; o < 2 * p.d; o += 128) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(kr + o));
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(vr + o));
+    }
+}
 // Two packed 16-bit values -> floats (lo = element 2i, hi = element 2i+1).
 template <typename T> __device__ __forceinline__ void unpack2(u32 w, float &lo, float &hi);
 template <> __device__ __forceinline__ void unpack2<bf16_t>(u32 w, float &lo, float &hi) {
@@ -639,17 +649,31 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     __shared__ float red[32];
     __shared__ double redd[128];
     __shared__ int wcnt[SEL_NT / 32];
-    pdl_wait();
-    pdl_trigger();
+    // Before the wait (with programmatic dependent launch this overlaps the score kernel):
+    // only inputs (lengths, alpha, page table, K/V) and this call's own counter, which
+    // nothing before the attention kernel touches.
     const int r = blockIdx.x, u = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
     const int units = p.per_head ? p.hq : p.hkv;
     const int h0 = p.per_head ? u : u * p.group;
+    const int hk = h0 / p.group;
     const i64 ru = ((i64)b * units + u) * p.q_len + r;
     const int len = seq_len(p, b);
     const i64 t = (i64)len - p.q_len + r;
     const int ncand = t >= 0 ? (int)max((i64)0, t / p.bs - p.n_local + 1) : 0;
     const float alpha = fminf(fmaxf(p.head_alpha ? p.head_alpha[h0 * p.ha_stride] : p.alpha, 1.f), 2.f);
     if (tid == 0) p.cnt[ru] = 0;  // the attention's finished-split counter of this row
+    // L2 prefetch of the local blocks' K/V (once per KV head and sequence: the last row of
+    // the first unit of the KV head; the other rows' local keys are a subset or nearby).
+    const bool pf = (p.flags & 1) && p.bs <= p.ps && p.ps % p.bs == 0;
+    if (pf && t >= 0 && r == p.q_len - 1 && h0 % p.group == 0) {
+        const i64 k0 = (i64)ncand * p.bs, k1 = min((i64)len, t + 1);
+        for (i64 k = k0 + tid; k < k1; k += SEL_NT) {
+            const int pg = page_of(p, b, k);
+            if (pg >= 0) prefetch_kv_row(p, pg, k % p.ps, hk);
+        }
+    }
+    pdl_wait();  // the score kernel's z (and nitems = 0) are visible after this
+    pdl_trigger();
     const float *z = p.z + ru * p.nbmax;
     float zc[SEL_C];
     float mx = -DA_INF;
@@ -749,10 +773,32 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
             }
             const int nblk = base + (int)(t / p.bs - max((i64)0, t / p.bs - p.n_local + 1) + 1);
             const int per = max(p.wchunk, (nblk + p.splits - 1) / p.splits), nit = (nblk + per - 1) / per;
+            // Page of each selected block (a block lies in one page: bs <= ps, ps % bs == 0;
+            // selected blocks are whole and inside the sequence), loads independent.
+            int spg[SEL_ACT / 32];
+#pragma unroll
+            for (int i = 0; i < SEL_ACT / 32; ++i)
+                spg[i] = pf && av[i] - tw > 0.f ? page_of(p, b, (i64)act_j[lane + 32 * i] * p.bs) : -1;
             int ib = 0;
             if (lane == 0) ib = atomicAdd(p.nitems, nit);
             ib = __shfl_sync(0xffffffffu, ib, 0);
             for (int i = lane; i < nit; i += 32) write_item(p, ib + i, ru, i, nit, per, base);
+            // L2 prefetch of the selected blocks' K/V: the warp takes the blocks in turn,
+            // a lane per key.
+            if (pf) {
+#pragma unroll
+                for (int i = 0; i < SEL_ACT / 32; ++i) {
+                    unsigned m = __ballot_sync(0xffffffffu, spg[i] >= 0);
+                    while (m) {
+                        const int src = __ffs(m) - 1;
+                        m &= m - 1;
+                        const int pg = __shfl_sync(0xffffffffu, spg[i], src);
+                        const int j = act_j[src + 32 * i];
+                        const i64 s0 = ((i64)j * p.bs) % p.ps;
+                        for (int kk = lane; kk < p.bs; kk += 32) prefetch_kv_row(p, pg, s0 + kk, hk);
+                    }
+                }
+            }
             return;
         }
     }
