@@ -73,7 +73,7 @@ struct DecParams {
     int *items;   // ws [rows_total * splits] int4: v2 attention work list (see write_item)
     int *nitems;  // ws [1]: its length (zeroed by the score kernel, appended by select)
     int wchunk;   // v2: blocks per work item (at least; rows with > splits * wchunk blocks use more)
-    int flags;    // v2: bit 0: select prefetches the K/V rows of the row's blocks into L2
+    int flags;    // v2: bit 0: select prefetches the K/V rows of the row's local blocks into L2
 };
 // Must match src/cuda/decode.rs `DecParams` (#[repr(C)]).
 static_assert(sizeof(DecParams) == 424, "DecParams layout");
@@ -662,10 +662,11 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     const int ncand = t >= 0 ? (int)max((i64)0, t / p.bs - p.n_local + 1) : 0;
     const float alpha = fminf(fmaxf(p.head_alpha ? p.head_alpha[h0 * p.ha_stride] : p.alpha, 1.f), 2.f);
     if (tid == 0) p.cnt[ru] = 0;  // the attention's finished-split counter of this row
-    // L2 prefetch of the local blocks' K/V (once per KV head and sequence: the last row of
-    // the first unit of the KV head; the other rows' local keys are a subset or nearby).
-    const bool pf = (p.flags & 1) && p.bs <= p.ps && p.ps % p.bs == 0;
-    if (pf && t >= 0 && r == p.q_len - 1 && h0 % p.group == 0) {
+    // L2 prefetch of the local blocks' K/V while the score kernel runs (once per KV head
+    // and sequence: the last row of the first unit of the KV head; the other rows' local
+    // keys are a subset or nearby). The selected blocks' K/V are known only after the
+    // solve (prefetching them there made this kernel spill registers).
+    if ((p.flags & 1) && t >= 0 && r == p.q_len - 1 && h0 % p.group == 0) {
         const i64 k0 = (i64)ncand * p.bs, k1 = min((i64)len, t + 1);
         for (i64 k = k0 + tid; k < k1; k += SEL_NT) {
             const int pg = page_of(p, b, k);
@@ -773,32 +774,10 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
             }
             const int nblk = base + (int)(t / p.bs - max((i64)0, t / p.bs - p.n_local + 1) + 1);
             const int per = max(p.wchunk, (nblk + p.splits - 1) / p.splits), nit = (nblk + per - 1) / per;
-            // Page of each selected block (a block lies in one page: bs <= ps, ps % bs == 0;
-            // selected blocks are whole and inside the sequence), loads independent.
-            int spg[SEL_ACT / 32];
-#pragma unroll
-            for (int i = 0; i < SEL_ACT / 32; ++i)
-                spg[i] = pf && av[i] - tw > 0.f ? page_of(p, b, (i64)act_j[lane + 32 * i] * p.bs) : -1;
             int ib = 0;
             if (lane == 0) ib = atomicAdd(p.nitems, nit);
             ib = __shfl_sync(0xffffffffu, ib, 0);
             for (int i = lane; i < nit; i += 32) write_item(p, ib + i, ru, i, nit, per, base);
-            // L2 prefetch of the selected blocks' K/V: the warp takes the blocks in turn,
-            // a lane per key.
-            if (pf) {
-#pragma unroll
-                for (int i = 0; i < SEL_ACT / 32; ++i) {
-                    unsigned m = __ballot_sync(0xffffffffu, spg[i] >= 0);
-                    while (m) {
-                        const int src = __ffs(m) - 1;
-                        m &= m - 1;
-                        const int pg = __shfl_sync(0xffffffffu, spg[i], src);
-                        const int j = act_j[src + 32 * i];
-                        const i64 s0 = ((i64)j * p.bs) % p.ps;
-                        for (int kk = lane; kk < p.bs; kk += 32) prefetch_kv_row(p, pg, s0 + kk, hk);
-                    }
-                }
-            }
             return;
         }
     }

@@ -291,9 +291,12 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.alpha = cfg.alpha;
     dp.sigma = sigma as f32;
     dp.sigma_c = sigma_c as f32;
-    // The select kernel prefetches the K/V rows of each row's blocks into L2 while the
-    // attention kernel starts; DASHATTN_DEC_NO_PREFETCH=1 turns it off (A/B measurements).
-    dp.flags = !std::env::var("DASHATTN_DEC_NO_PREFETCH").is_ok_and(|v| v == "1") as i32;
+    // Few rows (the latency-bound case): the select kernel prefetches the K/V rows of each
+    // row's local blocks into L2 while the score kernel runs (with many rows the attention
+    // is bandwidth-bound and the prefetch would only add traffic);
+    // DASHATTN_DEC_NO_PREFETCH=1 turns it off (A/B measurements).
+    let rows_total = p.n * pl.units * d.q_len;
+    dp.flags = (rows_total <= 16 && !std::env::var("DASHATTN_DEC_NO_PREFETCH").is_ok_and(|v| v == "1")) as i32;
     if fast_path(dev, cfg, d, a, pl.hpu) {
         // Candidate blocks per score CTA: about 8 CTAs per SM over all (sequence, KV head)
         // pairs, a whole number of the CTA's per-iteration key count.
