@@ -73,7 +73,7 @@ struct DecParams {
     int *items;   // ws [rows_total * splits] int4: v2 attention work list (see write_item)
     int *nitems;  // ws [1]: its length (zeroed by the score kernel, appended by select)
     int wchunk;   // v2: blocks per work item (at least; rows with > splits * wchunk blocks use more)
-    int pad_;
+    int flags;    // v2: bit 0: select prefetches the K/V rows of the row's local blocks into L2
 };
 // Must match src/cuda/decode.rs `DecParams` (#[repr(C)]).
 static_assert(sizeof(DecParams) == 424, "DecParams layout");
@@ -456,6 +456,30 @@ __device__ __forceinline__ uint4 ldg_stream(const void *ptr) {
                  : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(ptr));
     return r;
 }
+// Programmatic dependent launch (sm_90+; no-ops when the launch did not ask for it): the
+// select and attention kernels are launched so that their CTAs can be scheduled while the
+// previous kernel finishes; every thread waits (griddepcontrol.wait: the previous grid
+// has completed and its memory is visible) before touching anything.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// L2 prefetch of the K and V rows (D 16-bit values each) of token slot `slot` of page pg,
+// KV head hk: fire and forget (the attention's cp.async then hits L2).
+__device__ __forceinline__ void prefetch_kv_row(const DecParams &p, int pg, i64 slot, int hk) {
+    const char *kr = (const char *)p.kc + 2 * (pg * p.sk.page + slot * p.sk.slot + hk * p.sk.head);
+    const char *vr = (const char *)p.vc + 2 * (pg * p.sv.page + slot * p.sv.slot + hk * p.sv.head);
+    for (int o = 0; o < 2 * p.d; o += 128) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(kr + o));
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(vr + o));
+    }
+}
 // Two packed 16-bit values -> floats (lo = element 2i, hi = element 2i+1).
 template <typename T> __device__ __forceinline__ void unpack2(u32 w, float &lo, float &hi);
 template <> __device__ __forceinline__ void unpack2<bf16_t>(u32 w, float &lo, float &hi) {
@@ -492,6 +516,7 @@ template <typename T, int D, int RT>
 __device__ __forceinline__ void dec_score(const DecParams &p) {
     constexpr int LPK = D / 8, KPW = 32 / LPK, U = 4, NW = 8;
     extern __shared__ float qs[];
+    pdl_trigger();
     const int chunk = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
     if ((chunk | hk | b | threadIdx.x) == 0) *p.nitems = 0;  // the select kernels append to it
     const int G = p.group;
@@ -624,15 +649,32 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     __shared__ float red[32];
     __shared__ double redd[128];
     __shared__ int wcnt[SEL_NT / 32];
+    // Before the wait (with programmatic dependent launch this overlaps the score kernel):
+    // only inputs (lengths, alpha, page table, K/V) and this call's own counter, which
+    // nothing before the attention kernel touches.
     const int r = blockIdx.x, u = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
     const int units = p.per_head ? p.hq : p.hkv;
     const int h0 = p.per_head ? u : u * p.group;
+    const int hk = h0 / p.group;
     const i64 ru = ((i64)b * units + u) * p.q_len + r;
     const int len = seq_len(p, b);
     const i64 t = (i64)len - p.q_len + r;
     const int ncand = t >= 0 ? (int)max((i64)0, t / p.bs - p.n_local + 1) : 0;
     const float alpha = fminf(fmaxf(p.head_alpha ? p.head_alpha[h0 * p.ha_stride] : p.alpha, 1.f), 2.f);
     if (tid == 0) p.cnt[ru] = 0;  // the attention's finished-split counter of this row
+    // L2 prefetch of the local blocks' K/V while the score kernel runs (once per KV head
+    // and sequence: the last row of the first unit of the KV head; the other rows' local
+    // keys are a subset or nearby). The selected blocks' K/V are known only after the
+    // solve (prefetching them there made this kernel spill registers).
+    if ((p.flags & 1) && t >= 0 && r == p.q_len - 1 && h0 % p.group == 0) {
+        const i64 k0 = (i64)ncand * p.bs, k1 = min((i64)len, t + 1);
+        for (i64 k = k0 + tid; k < k1; k += SEL_NT) {
+            const int pg = page_of(p, b, k);
+            if (pg >= 0) prefetch_kv_row(p, pg, k % p.ps, hk);
+        }
+    }
+    pdl_wait();  // the score kernel's z (and nitems = 0) are visible after this
+    pdl_trigger();
     const float *z = p.z + ru * p.nbmax;
     float zc[SEL_C];
     float mx = -DA_INF;
@@ -924,6 +966,7 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     const int TK = bs < TKM ? bs : TKM, npb = bs / TK;
     const float sl2 = p.sigma * DA_LOG2E;
     const int kw = warp * 16;  // this warp's keys in a tile
+    pdl_wait();
     const int nitems = *p.nitems;
     for (int it = blockIdx.x; it < nitems; it += gridDim.x) {
         const int4 item = ((const int4 *)p.items)[it];

@@ -11,7 +11,7 @@ if [ "${1:-}" = stage ]; then
     mkdir -p "$D" && rm -rf "$D"/*
     cp "$(ls -t $T/deps/gpu_decode-* | grep -v '\.d$' | head -1)" "$D/gpu_decode"
     mkdir -p "$D/scripts" && cp scripts/bench_backward_decode.py "$D/scripts/"
-    cp $T/libdashattn.so scripts/gpu-decode-check.sh "$D/"
+    cp $T/libdashattn.so scripts/gpu-decode-check.sh scripts/gpu-decode-pdl-check.sh "$D/"
     mkdir -p "$D/bindings" && cp -r bindings/python "$D/bindings/" && rm -rf "$D"/bindings/python/**/__pycache__
     strip "$D/gpu_decode" "$D/libdashattn.so"
     ls -la "$D"; exit 0

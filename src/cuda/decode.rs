@@ -6,7 +6,7 @@
 
 use cudarc::driver::sys;
 
-use super::launch::{launch, s3, DeviceScratch, Layout};
+use super::launch::{launch, launch_pdl, s3, DeviceScratch, Layout};
 use super::CudaDevice;
 use crate::dtype::DType;
 use crate::error::{bail, Result};
@@ -65,7 +65,7 @@ struct DecParams {
     items: u64,
     nitems: u64,
     wchunk: i32,
-    pad_: i32,
+    flags: i32,
 }
 const _: () = assert!(std::mem::size_of::<DecParams>() == 424);
 
@@ -291,6 +291,12 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.alpha = cfg.alpha;
     dp.sigma = sigma as f32;
     dp.sigma_c = sigma_c as f32;
+    // Few rows (the latency-bound case): the select kernel prefetches the K/V rows of each
+    // row's local blocks into L2 while the score kernel runs (with many rows the attention
+    // is bandwidth-bound and the prefetch would only add traffic);
+    // DASHATTN_DEC_NO_PREFETCH=1 turns it off (A/B measurements).
+    let rows_total = p.n * pl.units * d.q_len;
+    dp.flags = (rows_total <= 16 && !std::env::var("DASHATTN_DEC_NO_PREFETCH").is_ok_and(|v| v == "1")) as i32;
     if fast_path(dev, cfg, d, a, pl.hpu) {
         // Candidate blocks per score CTA: about 8 CTAs per SM over all (sequence, KV head)
         // pairs, a whole number of the CTA's per-iteration key count.
@@ -306,15 +312,18 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
         let rows = if cfg.selection == Selection::PerHead { d.group * d.q_len } else { d.q_len };
         let (sc, at) = if p.d == 64 { ("score64", "attn64") } else { ("score128", "attn128") };
         let sc = if rows == 1 { sc } else if p.d == 64 { "score64r4" } else { "score128r4" };
+        // Programmatic dependent launch of select and attention on sm_90+ (their kernels
+        // wait on the previous grid first); DASHATTN_NO_PDL=1 turns it off.
+        let pdl = dev.props.cc_major >= 9 && !std::env::var("DASHATTN_NO_PDL").is_ok_and(|v| v == "1");
         unsafe {
             let f = kern.function(kname(sc, s))?;
             launch(f, (chunks, p.hkv, p.n), 256, rows * p.d * 4, stream, &dp, "cuLaunchKernel(dash_dec_score)")?;
             let f = kern.function(kname("select", s))?;
-            launch(f, (d.q_len, pl.units, p.n), 256, 0, stream, &dp, "cuLaunchKernel(dash_dec_select)")?;
+            launch_pdl(f, (d.q_len, pl.units, p.n), 256, 0, stream, &dp, pdl, "cuLaunchKernelEx(dash_dec_select)")?;
             let f = kern.function(kname(at, s))?;
             // (merges the splits itself: no merge launch)
             let grid = (3 * dev.props.sm_count.max(1) as usize).min(p.n * pl.units * d.q_len * pl.splits).max(1);
-            launch(f, (grid, 1, 1), 128, attn_smem(p.d), stream, &dp, "cuLaunchKernel(dash_dec_attn)")
+            launch_pdl(f, (grid, 1, 1), 128, attn_smem(p.d), stream, &dp, pdl, "cuLaunchKernelEx(dash_dec_attn)")
         }
     } else {
         v1_coarse_attend(kern, s, cfg, d, &pl, &dp, stream)?;

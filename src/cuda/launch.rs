@@ -21,6 +21,48 @@ pub unsafe fn launch<P>(f: sys::CUfunction, grid: (usize, usize, usize), block: 
     )
 }
 
+/// Whether the driver exports `cuLaunchKernelEx` (CUDA 11.8+ drivers; cudarc's loader
+/// panics on a missing symbol, so it is looked up first). Asked once.
+pub fn launch_ex_available() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| std::panic::catch_unwind(|| unsafe { sys::culib().get::<unsafe extern "C" fn()>(b"cuLaunchKernelEx\0").is_ok() }).unwrap_or(false))
+}
+
+/// Like `launch`, with programmatic stream serialization when `pdl` (sm_90+): the kernel
+/// may start before the previous one on the stream finishes, and must execute
+/// `griddepcontrol.wait` before it reads anything that kernel wrote. Without
+/// `cuLaunchKernelEx` in the driver, or if that launch is refused, a plain launch (the
+/// kernel's wait is then a no-op).
+///
+/// # Safety
+/// As `launch`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn launch_pdl<P>(f: sys::CUfunction, grid: (usize, usize, usize), block: usize, smem: usize, stream: sys::CUstream, p: &P, pdl: bool, what: &str) -> Result<()> {
+    if !pdl || !launch_ex_available() {
+        return launch(f, grid, block, smem, stream, p, what);
+    }
+    let mut pp = p as *const P as *mut c_void;
+    let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let cfg = sys::CUlaunchConfig {
+        gridDimX: grid.0 as u32,
+        gridDimY: grid.1 as u32,
+        gridDimZ: grid.2 as u32,
+        blockDimX: block as u32,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem as u32,
+        hStream: stream,
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    if sys::cuLaunchKernelEx(&cfg, f, &mut pp as *mut *mut c_void, std::ptr::null_mut()) == sys::CUresult::CUDA_SUCCESS {
+        return Ok(());
+    }
+    launch(f, grid, block, smem, stream, p, what)
+}
+
 /// Byte offsets of workspace buffers, each aligned to WORKSPACE_ALIGN.
 pub struct Layout {
     pub offsets: Vec<usize>,
