@@ -90,10 +90,32 @@ fn cuda_kernels() {
     gen.push_str("];\n");
     let arch_list = if fatbins.is_empty() { String::new() } else { archs.iter().map(|a| format!("sm_{a}")).collect::<Vec<_>>().join(", ") };
     let _ = writeln!(gen, "pub const FATBIN_ARCHS: &str = {arch_list:?};");
-    gen.push_str("/// Kernel sources for NVRTC.\npub const SOURCES: &[(&str, &str)] = &[\n");
+    // NVRTC gets each source with its local includes (`#include "x.cuh"` of a file in
+    // kernels/) inlined, so it compiles without an include path.
+    gen.push_str("/// Kernel sources for NVRTC (local includes inlined).\npub const SOURCES: &[(&str, &str)] = &[\n");
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
-        let _ = writeln!(gen, "    ({name:?}, include_str!({:?})),", f.display().to_string());
+        let src = std::fs::read_to_string(f).expect("read kernel source");
+        let mut flat = String::with_capacity(src.len() * 2);
+        for line in src.lines() {
+            let inc = line.trim().strip_prefix("#include \"").and_then(|r| r.strip_suffix('"'));
+            match inc.map(|h| kdir.join(h)).filter(|p| p.is_file()) {
+                Some(h) => {
+                    let text = std::fs::read_to_string(&h).expect("read kernel header");
+                    for l in text.lines().filter(|l| l.trim() != "#pragma once") {
+                        flat.push_str(l);
+                        flat.push('\n');
+                    }
+                }
+                None => {
+                    flat.push_str(line);
+                    flat.push('\n');
+                }
+            }
+        }
+        let out = out_dir.join(format!("nvrtc_{name}"));
+        std::fs::write(&out, flat).expect("write inlined kernel source");
+        let _ = writeln!(gen, "    ({name:?}, include_str!({:?})),", out.display().to_string());
     }
     gen.push_str("];\n");
     std::fs::write(out_dir.join("cuda_kernels.rs"), gen).expect("write cuda_kernels.rs");

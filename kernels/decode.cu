@@ -20,10 +20,8 @@
 //   dash_merge_*      : merges S partial (o, lse) by lse (also dashattn_merge_states).
 // A block-table entry outside [0, num_pages) is never dereferenced (its keys are skipped).
 
-// Self-contained (no headers) so NVRTC compiles it without an include path.
-typedef long long i64;
-typedef unsigned short u16;
-typedef unsigned int u32;
+// Generic helpers from common.cuh (build.rs inlines it for NVRTC: no include path).
+#include "common.cuh"
 #define DA_INF (__int_as_float(0x7f800000))
 
 // 16-bit storage types; conversions through PTX cvt (sm_80+).
@@ -78,14 +76,6 @@ struct DecParams {
 // Must match src/cuda/decode.rs `DecParams` (#[repr(C)]).
 static_assert(sizeof(DecParams) == 424, "DecParams layout");
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
 // Block-wide reductions (blockDim a multiple of 32, <= 1024); every thread gets the result.
 __device__ float block_sum(float v, float *red) {
     v = warp_sum(v);
@@ -440,16 +430,6 @@ __device__ __forceinline__ void merge(const MergeParams &p) {
 }
 
 // ================================================================ fast path (v2)
-__device__ __forceinline__ u32 smem_u32(const void *ptr) {
-    u32 r;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(ptr));
-    return r;
-}
-__device__ __forceinline__ void cp_async16(u32 dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 __device__ __forceinline__ uint4 ldg_stream(const void *ptr) {
     uint4 r;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
@@ -899,13 +879,6 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
 // (deterministic) into o / lse. A row whose work fits one split writes o directly.
 // Dynamic smem: K[2][64][D], V[2][64][D], Q[16][D] (T), ok[2][64] (int), misc.
 #define ATT_NT 128
-#define DA_LOG2E 1.4426950408889634f
-#define DA_LN2 0.6931471805599453f
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
 template <typename T> __device__ __forceinline__ u32 pack2(float lo, float hi);
 template <> __device__ __forceinline__ u32 pack2<bf16_t>(float lo, float hi) {
     u32 r;
@@ -916,14 +889,6 @@ template <> __device__ __forceinline__ u32 pack2<f16_t>(float lo, float hi) {
     u32 r;
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
-}
-__device__ __forceinline__ void ldsm_x4(u32 *r, u32 addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(u32 *r, u32 addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 template <typename T> __device__ __forceinline__ void mma16816(float *c, const u32 *a, u32 b0, u32 b1);
 template <> __device__ __forceinline__ void mma16816<bf16_t>(float *c, const u32 *a, u32 b0, u32 b1) {
@@ -946,8 +911,6 @@ __device__ __forceinline__ float4 ldcg4(const float *ptr) {
     asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(ptr));
     return v;
 }
-// element offset of 16-byte chunk `chunk` of row `row` in a [rows][D] 16-bit tile
-template <int D> __device__ __forceinline__ int swz(int row, int chunk) { return row * D + ((chunk ^ (row & 7)) << 3); }
 
 template <typename T, int D>
 __device__ __forceinline__ void dec_attn(const DecParams &p) {
