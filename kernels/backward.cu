@@ -402,7 +402,7 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
     const int qb = gridDim.x - 1 - blockIdx.x;  // heavy (late causal) tiles first
     const int tile = qb >> 2, quarter = qb & 3, mq = quarter * 16;
     const int hk = blockIdx.y, n = blockIdx.z;
-    const int tid = threadIdx.x, warp = 0, lane = tid;
+    const int tid = threadIdx.x, lane = tid;  // one warp
     const int G = p.G, RT = p.rows_per_tile;
     const bool aligned = p.aligned16 != 0;
     const int r0 = tile * RT + quarter * p.rows_per_warp;  // this quarter's rows
@@ -459,7 +459,7 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
     // W = sum_j s_j kbar_j and S = sum_j s_j per row accumulate over the visited selected
     // blocks; W lives in shared memory at this thread's own fragment positions (rows A / B
     // of the warp, columns nt * 8 + (lane % 4) * 2 + {0, 1}), so no two threads share a word.
-    float* wA = sW + (warp * 16 + (lane >> 2)) * WS + (lane & 3) * 2;
+    float* wA = sW + (lane >> 2) * WS + (lane & 3) * 2;
     float* wB = wA + 8 * WS;
 #pragma unroll
     for (int nt = 0; nt < NTO; nt++) {
@@ -556,8 +556,8 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
 #pragma unroll
         for (int kk = 0; kk < KST; kk++) {
             u32 qf[4], of[4];
-            ldsm_x4(qf, smem_u32(sQ + swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))));
-            ldsm_x4(of, smem_u32(sO + swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))));
+            ldsm_x4(qf, smem_u32(sQ + swz<D>(lane & 15, kk * 2 + (lane >> 4))));
+            ldsm_x4(of, smem_u32(sO + swz<D>(lane & 15, kk * 2 + (lane >> 4))));
 #pragma unroll
             for (int np = 0; np < NTS / 2; np++) {
                 u32 b[4];
@@ -573,7 +573,7 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
         if (j != jprev) {
         jprev = j;
         float zc[4];
-        zdot_s<BF16, D>(sQ, warp * 16, kb4 + ((lane >> 2) >> 1) * D, zc);
+        zdot_s<BF16, D>(sQ, 0, kb4 + ((lane >> 2) >> 1) * D, zc);
         zs[(lane >> 2) * 4 + (lane & 3)] = zc[0] + zc[1];
         zs[((lane >> 2) + 8) * 4 + (lane & 3)] = zc[2] + zc[3];
         __syncwarp();
@@ -703,7 +703,7 @@ template <bool BF16, int D, int BN> __device__ void dq_impl(const BwdParams& p) 
         if (!rx[x].valid) continue;
         const float c = Ssum[x] > 0.f ? SH[x] / Ssum[x] : 0.f;
         const float wc = wprior * c;
-        const int m = warp * 16 + (lane >> 2) + 8 * x;
+        const int m = (lane >> 2) + 8 * x;  // row of sW
         u16* dqp = p.dq + (i64)n * p.dq_sn + (i64)rx[x].r * p.dq_sl + (i64)rx[x].h * p.dq_sh;
 #pragma unroll
         for (int nt = 0; nt < NTO; nt++) {
