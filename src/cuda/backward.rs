@@ -7,7 +7,7 @@
 
 use cudarc::driver::sys;
 
-use super::forward::{rows_aligned, KernelParams};
+use super::forward::{launch_pool, rows_aligned};
 use super::launch::{launch, s3, DeviceScratch, Layout};
 use super::CudaDevice;
 use crate::dtype::DType;
@@ -167,26 +167,7 @@ pub fn backward(dev: &CudaDevice, stream: usize, cfg: &Config, dims: &AttnDims, 
 
     // Pooled keys (fp32) with the forward's pool kernel: the values the forward used.
     if dims.nb > 0 {
-        let pp = KernelParams {
-            k: a.k.ptr as u64,
-            pooled: a.pooled_k.map_or(0, |t| t.ptr as u64),
-            kbar,
-            k_s: s3(&a.k),
-            p_s: a.pooled_k.as_ref().map_or(z3, s3),
-            n: dims.n as i32,
-            lq: dims.lq as i32,
-            lk: dims.lk as i32,
-            hq: dims.hq as i32,
-            hkv: dims.hkv as i32,
-            g: dims.group as i32,
-            d: dims.d as i32,
-            nb: dims.nb as i32,
-            bs: cfg.block_size as i32,
-            bs_log2: cfg.block_size.trailing_zeros() as i32,
-            ..KernelParams::default()
-        };
-        let f = kern.function(if pl.bf16 { "dash_pool_bf16" } else { "dash_pool_f16" })?;
-        unsafe { launch(f, (dims.nb, dims.hkv, dims.n), dims.d, 0, stream, &pp, "cuLaunchKernel(dash_pool)")? };
+        unsafe { launch_pool(kern, pl.bf16, cfg, dims, &a.k, a.pooled_k.as_ref(), kbar, stream)? };
     }
     let aligned16 = [&a.q, &a.k, &a.v, &a.d_o].iter().all(|t| rows_aligned(t, 16));
     let p = BwdParams {

@@ -250,8 +250,7 @@ pub fn forward(dev: &CudaDevice, stream: usize, cfg: &Config, dims: &AttnDims, a
     let stages = DEBUG_STAGES.load(std::sync::atomic::Ordering::Relaxed);
     unsafe {
         if dims.nb > 0 && stages & 1 != 0 {
-            let f = kern.function(if pl.bf16 { "dash_pool_bf16" } else { "dash_pool_f16" })?;
-            launch(f, (dims.nb, hkv, n), pl.d, 0, stream, &p, "cuLaunchKernel(dash_pool)")?;
+            launch_pool(kern, pl.bf16, cfg, dims, &a.k, a.pooled_k.as_ref(), p.kbar, stream)?;
         }
         if stages & 2 != 0 {
             let f = kern.function(coarse_name(ty, pl.d, pl.coarse_rpw))?;
@@ -264,6 +263,36 @@ pub fn forward(dev: &CudaDevice, stream: usize, cfg: &Config, dims: &AttnDims, a
     }
     drop(scratch);
     Ok(())
+}
+
+/// Pooled keys kbar [N, Hkv, nb, D] fp32 at `kbar` (mean of each block's keys, or the
+/// caller's pooled keys converted) with `dash_pool_*`: the forward's first stage, and the
+/// backward's, so both see the same values. The kernel reads only the fields set here.
+///
+/// # Safety
+/// `k`, `pooled` and `kbar` must be device memory of the shapes `dims` describes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn launch_pool(kern: &super::module::Kernels, bf16: bool, cfg: &Config, dims: &AttnDims, k: &Tensor, pooled: Option<&Tensor>, kbar: u64, stream: sys::CUstream) -> Result<()> {
+    let p = KernelParams {
+        k: k.ptr as u64,
+        pooled: pooled.map_or(0, |t| t.ptr as u64),
+        kbar,
+        k_s: strides3(k),
+        p_s: pooled.map_or([0; 3], strides3),
+        n: dims.n as i32,
+        lq: dims.lq as i32,
+        lk: dims.lk as i32,
+        hq: dims.hq as i32,
+        hkv: dims.hkv as i32,
+        g: dims.group as i32,
+        d: dims.d as i32,
+        nb: dims.nb as i32,
+        bs: cfg.block_size as i32,
+        bs_log2: cfg.block_size.trailing_zeros() as i32,
+        ..KernelParams::default()
+    };
+    let f = kern.function(if bf16 { "dash_pool_bf16" } else { "dash_pool_f16" })?;
+    launch(f, (dims.nb, dims.hkv, dims.n), dims.d, 0, stream, &p, "cuLaunchKernel(dash_pool)")
 }
 
 fn coarse_name(ty: &str, d: usize, rb: usize) -> &'static str {
