@@ -72,9 +72,11 @@ struct DecParams {
     int *nitems;  // ws [1]: its length (zeroed by the score kernel, appended by select)
     int wchunk;   // v2: blocks per work item (at least; rows with > splits * wchunk blocks use more)
     int flags;    // v2: bit 0: select prefetches the K/V rows of the row's local blocks into L2
+    int fcap;     // fused: most gathered candidates per row (more: the Newton sums read in place)
+    int fpad;
 };
 // Must match src/cuda/decode.rs `DecParams` (#[repr(C)]).
-static_assert(sizeof(DecParams) == 424, "DecParams layout");
+static_assert(sizeof(DecParams) == 432, "DecParams layout");
 
 // Block-wide reductions (blockDim a multiple of 32, <= 1024); every thread gets the result.
 __device__ float block_sum(float v, float *red) {
@@ -912,9 +914,128 @@ __device__ __forceinline__ float4 ldcg4(const float *ptr) {
     return v;
 }
 
+// One K/V tile of the split-KV attention for the calling warp (keys [kw, kw + 16) of the
+// tile in smem): S = Q K^T on tensor cores (the unit's heads are the 16 M rows), + the
+// block's log-prior, online softmax in the log2 domain (P rounded to T for P V, as in the
+// forward), O += P V. Keys >= cnt or on a bad page (okt = 0) are masked. Warp-uniform.
+template <typename T, int D>
+__device__ __forceinline__ void attn_tile(const u16 *sQ, const u16 *cK, const u16 *cV, const int *okt, int cnt, float beta, float sl2, int kw,
+                                          int lane, float (&oacc)[D / 8][4], float (&mrow)[2], float (&lrow)[2]) {
+    constexpr int KST = D / 16, NTO = D / 8;
+    float sacc[2][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < KST; kk++) {
+        u32 bb[4], qf[4];  // Q fragments re-read from smem (keeps registers for O)
+        ldsm_x4(qf, smem_u32(sQ + swz<D>(lane & 15, kk * 2 + (lane >> 4))));
+        ldsm_x4(bb, smem_u32(cK + swz<D>(kw + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
+        mma16816<T>(sacc[0], qf, bb[0], bb[1]);
+        mma16816<T>(sacc[1], qf, bb[2], bb[3]);
+    }
+    const float b2 = beta * DA_LOG2E;
+    bool kv[2][2];
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            int ii = kw + nt * 8 + (lane & 3) * 2 + e;
+            kv[nt][e] = ii < cnt && okt[ii] != 0;
+        }
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        float mx = -DA_INF;
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float v = kv[nt][e] ? fmaf(sacc[nt][2 * x + e], sl2, b2) : -DA_INF;
+                sacc[nt][2 * x + e] = v;
+                mx = fmaxf(mx, v);
+            }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mnew = fmaxf(mrow[x], mx);
+        const float muse = mnew == -DA_INF ? 0.f : mnew;
+        const float corr = ex2(mrow[x] - muse);
+        mrow[x] = mnew;
+        float ls = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float pe = ex2(sacc[nt][2 * x + e] - muse);
+                sacc[nt][2 * x + e] = pe;
+                ls += pe;
+            }
+        lrow[x] = lrow[x] * corr + ls;
+#pragma unroll
+        for (int nt = 0; nt < NTO; nt++) {
+            oacc[nt][2 * x] *= corr;
+            oacc[nt][2 * x + 1] *= corr;
+        }
+    }
+    u32 a[4];
+    a[0] = pack2<T>(sacc[0][0], sacc[0][1]);
+    a[1] = pack2<T>(sacc[0][2], sacc[0][3]);
+    a[2] = pack2<T>(sacc[1][0], sacc[1][1]);
+    a[3] = pack2<T>(sacc[1][2], sacc[1][3]);
+#pragma unroll
+    for (int dp = 0; dp < D / 16; dp++) {
+        u32 bb[4];
+        ldsm_x4_t(bb, smem_u32(cV + swz<D>(kw + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4))));
+        mma16816<T>(oacc[2 * dp], a, bb[0], bb[1]);
+        mma16816<T>(oacc[2 * dp + 1], a, bb[2], bb[3]);
+    }
+}
+
+// Merges the 4 warps' online-softmax states (rows = heads; m in log2 units) of a CTA:
+// warp states to wo [4][16][D] / wm, wl [4][16]; then per head g < hpu, mw[g*4 + w] =
+// 2^(m_w - M) / L (0 when empty) and mw[64 + g] = lse (natural log). Ends with a barrier.
+template <int D>
+__device__ __forceinline__ void merge_warp_states(const float (&oacc)[D / 8][4], const float (&mrow)[2], const float (&lrow)[2], float *wo, float *wm,
+                                                  float *wl, float *mw, int hpu, int warp, int lane) {
+    constexpr int NTO = D / 8;
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        float l = lrow[x];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const int row = (lane >> 2) + 8 * x;
+        if ((lane & 3) == 0) {
+            wm[warp * 16 + row] = mrow[x];
+            wl[warp * 16 + row] = l;
+        }
+        if (row < hpu) {
+#pragma unroll
+            for (int nt = 0; nt < NTO; nt++) {
+                int d = nt * 8 + (lane & 3) * 2;
+                *(float2 *)(wo + (warp * 16 + row) * D + d) = make_float2(oacc[nt][2 * x], oacc[nt][2 * x + 1]);
+            }
+        }
+    }
+    __syncthreads();
+    // Per head: M = max_w m_w, L = sum_w l_w 2^(m_w - M), o = sum_w o_w 2^(m_w - M) / L;
+    // mw[g*4 + w] = 2^(m_w - M) / L (0 when empty), mw[64 + g] = lse (natural log).
+    if (tid < hpu) {
+        const int g = tid;
+        float M = -DA_INF;
+        for (int w = 0; w < 4; ++w) M = fmaxf(M, wm[w * 16 + g]);
+        float L = 0.f, f[4];
+        for (int w = 0; w < 4; ++w) {
+            f[w] = M == -DA_INF ? 0.f : ex2(wm[w * 16 + g] - M);
+            L += wl[w * 16 + g] * f[w];
+        }
+        for (int w = 0; w < 4; ++w) mw[g * 4 + w] = L > 0.f ? f[w] / L : 0.f;
+        mw[64 + g] = L > 0.f ? (M + __log2f(L)) * DA_LN2 : -DA_INF;
+    }
+    __syncthreads();
+}
+
 template <typename T, int D>
 __device__ __forceinline__ void dec_attn(const DecParams &p) {
-    constexpr int KST = D / 16, NTO = D / 8, CPK = D / 8, TKM = 64;
+    constexpr int NTO = D / 8, CPK = D / 8, TKM = 64;
     extern __shared__ uint4 smv[];
     u16 *sK = (u16 *)smv, *sV = sK + 2 * TKM * D, *sQ = sV + 2 * TKM * D;
     int *okm = (int *)(sQ + 16 * D);                          // [2][64]
@@ -1010,112 +1131,11 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
             i64 i0;
             int cnt;
             tile(tt, beta, i0, cnt);
-            if (kw < cnt) {  // warp-uniform
-                const u16 *cK = sK + stage * TKM * D, *cV = sV + stage * TKM * D;
-                const int *okt = okm + stage * TKM;
-                float sacc[2][4];
-#pragma unroll
-                for (int i = 0; i < 2; i++) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
-#pragma unroll
-                for (int kk = 0; kk < KST; kk++) {
-                    u32 bb[4], qf[4];  // Q fragments re-read from smem (keeps registers for O)
-                    ldsm_x4(qf, smem_u32(sQ + swz<D>(lane & 15, kk * 2 + (lane >> 4))));
-                    ldsm_x4(bb, smem_u32(cK + swz<D>(kw + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1))));
-                    mma16816<T>(sacc[0], qf, bb[0], bb[1]);
-                    mma16816<T>(sacc[1], qf, bb[2], bb[3]);
-                }
-                const float b2 = beta * DA_LOG2E;
-                bool kv[2][2];
-#pragma unroll
-                for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        int ii = kw + nt * 8 + (lane & 3) * 2 + e;
-                        kv[nt][e] = ii < cnt && okt[ii] != 0;
-                    }
-#pragma unroll
-                for (int x = 0; x < 2; x++) {
-                    float mx = -DA_INF;
-#pragma unroll
-                    for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            float v = kv[nt][e] ? fmaf(sacc[nt][2 * x + e], sl2, b2) : -DA_INF;
-                            sacc[nt][2 * x + e] = v;
-                            mx = fmaxf(mx, v);
-                        }
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                    const float mnew = fmaxf(mrow[x], mx);
-                    const float muse = mnew == -DA_INF ? 0.f : mnew;
-                    const float corr = ex2(mrow[x] - muse);
-                    mrow[x] = mnew;
-                    float ls = 0.f;
-#pragma unroll
-                    for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            float pe = ex2(sacc[nt][2 * x + e] - muse);
-                            sacc[nt][2 * x + e] = pe;
-                            ls += pe;
-                        }
-                    lrow[x] = lrow[x] * corr + ls;
-#pragma unroll
-                    for (int nt = 0; nt < NTO; nt++) {
-                        oacc[nt][2 * x] *= corr;
-                        oacc[nt][2 * x + 1] *= corr;
-                    }
-                }
-                u32 a[4];
-                a[0] = pack2<T>(sacc[0][0], sacc[0][1]);
-                a[1] = pack2<T>(sacc[0][2], sacc[0][3]);
-                a[2] = pack2<T>(sacc[1][0], sacc[1][1]);
-                a[3] = pack2<T>(sacc[1][2], sacc[1][3]);
-#pragma unroll
-                for (int dp = 0; dp < D / 16; dp++) {
-                    u32 bb[4];
-                    ldsm_x4_t(bb, smem_u32(cV + swz<D>(kw + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4))));
-                    mma16816<T>(oacc[2 * dp], a, bb[0], bb[1]);
-                    mma16816<T>(oacc[2 * dp + 1], a, bb[2], bb[3]);
-                }
-            }
+            if (kw < cnt)  // warp-uniform
+                attn_tile<T, D>(sQ, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM, cnt, beta, sl2, kw, lane, oacc, mrow, lrow);
             __syncthreads();
         }
-        // Merge the 4 warps' states (rows = heads; m in log2 units).
-#pragma unroll
-        for (int x = 0; x < 2; x++) {
-            float l = lrow[x];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
-            const int row = (lane >> 2) + 8 * x;
-            if ((lane & 3) == 0) {
-                wm[warp * 16 + row] = mrow[x];
-                wl[warp * 16 + row] = l;
-            }
-            if (row < hpu) {
-#pragma unroll
-                for (int nt = 0; nt < NTO; nt++) {
-                    int d = nt * 8 + (lane & 3) * 2;
-                    *(float2 *)(wo + (warp * 16 + row) * D + d) = make_float2(oacc[nt][2 * x], oacc[nt][2 * x + 1]);
-                }
-            }
-        }
-        __syncthreads();
-        // Per head: M = max_w m_w, L = sum_w l_w 2^(m_w - M), o = sum_w o_w 2^(m_w - M) / L;
-        // mw[g*4 + w] = 2^(m_w - M) / L (0 when empty), mw[64 + g] = lse (natural log).
-        if (tid < hpu) {
-            const int g = tid;
-            float M = -DA_INF;
-            for (int w = 0; w < 4; ++w) M = fmaxf(M, wm[w * 16 + g]);
-            float L = 0.f, f[4];
-            for (int w = 0; w < 4; ++w) {
-                f[w] = M == -DA_INF ? 0.f : ex2(wm[w * 16 + g] - M);
-                L += wl[w * 16 + g] * f[w];
-            }
-            for (int w = 0; w < 4; ++w) mw[g * 4 + w] = L > 0.f ? f[w] / L : 0.f;
-            mw[64 + g] = L > 0.f ? (M + __log2f(L)) * DA_LN2 : -DA_INF;
-        }
-        __syncthreads();
+        merge_warp_states<D>(oacc, mrow, lrow, wo, wm, wl, mw, hpu, warp, lane);
         const bool single = nsplit == 1;
         float *opart = p.o_part + (((i64)s * p.n + b) * p.q_len + r) * p.hq * D;
         for (int e = tid; e < hpu * D; e += ATT_NT) {
@@ -1185,6 +1205,462 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     }
 }
 
+// ================================================================ fused path (sm_90+)
+// One launch per decode step for plain decode (q_len = 1, one selection unit per KV head):
+// a thread-block cluster of FU_CS CTAs per (sequence, KV head) does the whole step, the
+// CTAs exchanging what they need through distributed shared memory (no global round trip,
+// no second launch):
+//   1. CTA c scores its slice [c*SL, (c+1)*SL) of the candidate blocks (the pooled keys:
+//      16-byte loads, a lane group per key, U keys in flight per group); the K/V tile of
+//      the local block is already on its way (cp.async, issued before the scoring).
+//   2. max over the cluster; each CTA compacts its s_j = (alpha-1) z_j > max s - 1 (the only
+//      possible support); every CTA gathers all of them (rank order: the same values in the
+//      same order everywhere) and solves tau by the same Newton as dec_select, so every CTA
+//      gets the same bits. More than fcap candidates: the sums read the other CTAs' lists
+//      in place each Newton step (same order, same bits).
+//   3. each CTA compacts its selected blocks (j, log-prior); the tile list is
+//      [local tiles..., selected tiles (rank order)...]; CTA c takes tiles c, c + cs, ...
+//      (cp.async double buffer, the tensor-core tile of attn_tile).
+//   4. each CTA's partial (o, lse) in its shared memory; the cluster merges them by lse
+//      (each CTA a slice of the heads x D outputs), in rank order: deterministic.
+// Grid (cs, Hkv, N), cluster (cs, 1, 1), block FU_NT; dynamic smem as fu_layout (mirrored
+// by src/cuda/decode.rs fused_smem). Launched only on sm_90+; the sm_80 build is empty.
+#define FU_NT 128
+#define FU_ST 2
+
+struct FuLayout {
+    int k, v, q, redd, qs, po, pl, wm, wl, mw, gl, wg, tb, tc, okm, wc, cpref, spref, stats, zs, cv, sj, sb, gb, total;
+};
+// Byte offsets of the fused kernel's shared arrays (16-byte aligned blocks first).
+__host__ __device__ inline FuLayout fu_layout(int D, int SL, int cap) {
+    FuLayout L;
+    int o = 0;
+    L.k = o; o += FU_ST * 64 * D * 2;
+    L.v = o; o += FU_ST * 64 * D * 2;
+    L.q = o; o += 16 * D * 2;
+    L.redd = o; o += 16 * 8;
+    L.qs = o; o += D * 4;
+    L.po = o; o += 16 * D * 4;
+    L.pl = o; o += 16 * 4;
+    L.wm = o; o += 64 * 4;
+    L.wl = o; o += 64 * 4;
+    L.mw = o; o += 128 * 4;
+    L.gl = o; o += 256 * 4;
+    L.wg = o; o += 256 * 4;
+    L.tb = o; o += 4 * 4;
+    L.tc = o; o += 4 * 4;
+    L.okm = o; o += FU_ST * 64 * 4;
+    L.wc = o; o += 4 * 4;
+    L.cpref = o; o += 32 * 4;
+    L.spref = o; o += 32 * 4;
+    L.stats = o; o += 4 * 4;
+    L.zs = o; o += SL * 4;
+    L.cv = o; o += SL * 4;
+    L.sj = o; o += SL * 4;
+    L.sb = o; o += SL * 4;
+    L.gb = o; o += cap * 4;
+    L.total = o;
+    return L;
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ u32 cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+// All threads of all CTAs of the cluster; orders shared::cluster accesses (release/acquire).
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// The address of local shared variable p in CTA `rank` of the cluster (same layout there).
+__device__ __forceinline__ u32 dsmem(const void *p, u32 rank) {
+    u32 r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(smem_u32(p)), "r"(rank));
+    return r;
+}
+__device__ __forceinline__ float ld_dsmem_f(u32 a) {
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
+    return v;
+}
+__device__ __forceinline__ int ld_dsmem_i(u32 a) {
+    int v;
+    asm volatile("ld.shared::cluster.s32 %0, [%1];" : "=r"(v) : "r"(a) : "memory");
+    return v;
+}
+__device__ __forceinline__ u32 dyn_smem_size() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+    return r;
+}
+
+// Ordered compaction over i in [0, n): write(i, pos) for every i with pred(i), positions
+// in increasing i. Returns the count (every thread). wc: FU_NT/32 ints.
+template <class P, class W>
+__device__ __forceinline__ int fu_compact(int n, P pred, W write, int *wc) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int base = 0;
+    for (int i0 = 0; i0 < n; i0 += FU_NT) {
+        const int i = i0 + threadIdx.x;
+        const bool f = i < n && pred(i);
+        const unsigned m = __ballot_sync(0xffffffffu, f);
+        if (lane == 0) wc[warp] = __popc(m);
+        __syncthreads();
+        int off = base, tot = 0;
+#pragma unroll
+        for (int w = 0; w < FU_NT / 32; ++w) {
+            off += w < warp ? wc[w] : 0;
+            tot += wc[w];
+        }
+        if (f) write(i, off + __popc(m & ((1u << lane) - 1u)));
+        base += tot;
+        __syncthreads();
+    }
+    return base;
+}
+
+// Exclusive prefix of a per-rank int (at local address v in every CTA) into pref[0..cs]
+// (local smem), by warp 0. Caller syncs.
+__device__ __forceinline__ void fu_rank_prefix(const int *v, int *pref, int cs) {
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
+        int x = lane < cs ? ld_dsmem_i(dsmem(v, lane)) : 0, incl = x;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            int y = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += y;
+        }
+        if (lane < cs) pref[lane] = incl - x;
+        if (lane == cs - 1) pref[cs] = incl;
+    }
+}
+#endif
+
+template <typename T, int D>
+__device__ __forceinline__ void dec_fused(const DecParams &p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr int LPK = D / 8, KPW = 32 / LPK, U = 8, NW = FU_NT / 32, TKM = 64, CPK = D / 8, NTO = D / 8;
+    extern __shared__ uint4 smv[];
+    const int SL = p.cb, cap = p.fcap;
+    const FuLayout Lo = fu_layout(D, SL, cap);
+    if (dyn_smem_size() < (u32)Lo.total) __trap();  // host/device layout mismatch
+    char *sm = (char *)smv;
+    u16 *sK = (u16 *)(sm + Lo.k), *sV = (u16 *)(sm + Lo.v), *sQ = (u16 *)(sm + Lo.q);
+    double *redd = (double *)(sm + Lo.redd);
+    float *qs = (float *)(sm + Lo.qs), *part_o = (float *)(sm + Lo.po), *part_l = (float *)(sm + Lo.pl);
+    float *wm = (float *)(sm + Lo.wm), *wl = (float *)(sm + Lo.wl), *mw = (float *)(sm + Lo.mw);
+    float *gl = (float *)(sm + Lo.gl), *wg = (float *)(sm + Lo.wg), *tbeta = (float *)(sm + Lo.tb);
+    int *tcnt = (int *)(sm + Lo.tc), *okm = (int *)(sm + Lo.okm), *wc = (int *)(sm + Lo.wc);
+    int *cpref = (int *)(sm + Lo.cpref), *spref = (int *)(sm + Lo.spref);
+    float *st_max = (float *)(sm + Lo.stats), *st_sum = st_max + 1;
+    int *st_cnt = (int *)(st_max + 2), *st_sel = (int *)(st_max + 3);
+    float *zs = (float *)(sm + Lo.zs), *cv = (float *)(sm + Lo.cv), *sb = (float *)(sm + Lo.sb), *gb = (float *)(sm + Lo.gb);
+    int *sj = (int *)(sm + Lo.sj);
+    float *wo = (float *)sK;  // [4][16][D] after the tiles (reuses K/V)
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const u32 rank = cluster_rank();
+    const int cs = gridDim.x, hk = blockIdx.y, b = blockIdx.z;
+    const int G = p.group, hpu = G, h0 = hk * G;
+    const int bs = p.bs, TK = bs < TKM ? bs : TKM, npb = bs / TK;
+    pdl_wait();  // q, the caches and lengths may come from the previous kernel
+    pdl_trigger();
+    const int len = seq_len(p, b);
+    const i64 t = (i64)len - 1;
+    const i64 c = t >= 0 ? t / bs : 0;
+    const int first_local = t >= 0 ? (int)max((i64)0, c - p.n_local + 1) : 0;
+    const int ncand = first_local;  // candidates: blocks [0, c - n_local] (causal)
+    const int nlt = t >= 0 ? (int)(c - first_local + 1) * npb : 0;
+    const i64 tend = len;
+
+    // Tile `pos` of the row's list: local tiles first, then the selected blocks' tiles.
+    auto tile_of = [&](int pos, float &beta, i64 &i0, int &cnt) {
+        int j, sub;
+        if (pos < nlt) {
+            const int m = pos / npb;
+            sub = pos - m * npb;
+            j = first_local + m;
+            beta = 0.f;
+        } else {
+            const int qq = pos - nlt, m = qq / npb;
+            sub = qq - m * npb;
+            int o = 0;
+            while (o + 1 < cs && spref[o + 1] <= m) ++o;
+            j = ld_dsmem_i(dsmem(sj + (m - spref[o]), o));
+            beta = ld_dsmem_f(dsmem(sb + (m - spref[o]), o));
+        }
+        i0 = (i64)j * bs + sub * TK;
+        cnt = (int)max((i64)0, min((i64)TK, tend - i0));
+    };
+    auto issue = [&](int pos, int stage) {
+        float beta;
+        i64 i0;
+        int cnt;
+        tile_of(pos, beta, i0, cnt);
+        u16 *kd = sK + stage * TKM * D, *vd = sV + stage * TKM * D;
+        for (int e = tid; e < TK * CPK; e += FU_NT) {
+            const int ii = e / CPK, col = e % CPK;
+            const T *ks = (const T *)p.kc, *vs = (const T *)p.vc;
+            bool ok = false;
+            if (ii < cnt) {
+                const int pg = page_of(p, b, i0 + ii);
+                if (pg >= 0) {
+                    const i64 slot = (i0 + ii) % p.ps;
+                    ks += pg * p.sk.page + slot * p.sk.slot + hk * p.sk.head + col * 8;
+                    vs += pg * p.sv.page + slot * p.sv.slot + hk * p.sv.head + col * 8;
+                    ok = true;
+                }
+            }
+            const int so = swz<D>(ii, col);
+            cp_async16(smem_u32(kd + so), ks, ok ? 16 : 0);
+            cp_async16(smem_u32(vd + so), vs, ok ? 16 : 0);
+            if (col == 0) okm[stage * TKM + ii] = ok;
+        }
+        if (tid == 0) {
+            tbeta[stage] = beta;
+            tcnt[stage] = cnt;
+        }
+        cp_commit();
+    };
+    // The local block's first tile does not depend on the selection: start it now.
+    const bool pre = (int)rank < nlt;
+    if (pre) issue(rank, 0);
+
+    // Q rows (heads of the group, zero-padded to 16) and the scaled group-mean query.
+    const T *qb = (const T *)p.q + b * p.sq_n + h0 * p.sq_h;
+    for (int e = tid; e < 16 * D; e += FU_NT) {
+        const int g = e / D, x = e % D;
+        T v = from_f<T>(0.f);
+        if (g < hpu) v = qb[g * p.sq_h + x];
+        sQ[swz<D>(g, x >> 3) + (x & 7)] = *(u16 *)&v;
+    }
+    for (int x = tid; x < D; x += FU_NT) {
+        float v = 0.f;
+        for (int g = 0; g < G; ++g) v += to_f(qb[g * p.sq_h + x]);
+        qs[x] = v * (p.sigma_c / G);
+    }
+    __syncthreads();
+
+    // 1. Scores of this CTA's slice of candidate blocks.
+    const int j0 = (int)rank * SL, j1 = min(ncand, j0 + SL);
+    float lmax = -DA_INF;
+    {
+        const int kg = lane / LPK, kl = lane % LPK;
+        float qf[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) qf[e] = qs[kl * 8 + e];
+        const T *pc = (const T *)p.pc + hk * p.sp.head + kl * 8;
+        constexpr int STEP = NW * KPW * U;
+        for (int jb = j0 + warp * KPW * U; jb < j1; jb += STEP) {
+            int pg[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int j = jb + u * KPW + kg;
+                pg[u] = j < j1 ? page_of(p, b, (i64)j * bs) : -1;
+            }
+            uint4 kv[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int j = jb + u * KPW + kg;
+                kv[u] = make_uint4(0, 0, 0, 0);
+                if (pg[u] >= 0) kv[u] = ldg_stream(pc + pg[u] * p.sp.page + ((((i64)j * bs) % p.ps) / bs) * p.sp.slot);
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                float kf[8];
+                unpack8<T>(kv[u], kf);
+                float a = 0.f;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) a = fmaf(qf[e], kf[e], a);
+#pragma unroll
+                for (int o = LPK / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+                const int j = jb + u * KPW + kg;
+                if (kl == 0 && j < j1) {
+                    const float zv = pg[u] >= 0 ? a : -DA_INF;
+                    zs[j - j0] = zv;
+                    lmax = fmaxf(lmax, zv);
+                }
+            }
+        }
+    }
+    lmax = block_max(lmax, mw);
+    if (tid == 0) *st_max = lmax;
+    cluster_sync();  // #1: every CTA's slice max
+
+    // 2. tau (every CTA computes the same value).
+    float M = -DA_INF;
+    if (lane < cs) M = ld_dsmem_f(dsmem(st_max, lane));
+    M = warp_max(M);
+    const float alpha = fminf(fmaxf(p.head_alpha ? p.head_alpha[h0 * p.ha_stride] : p.alpha, 1.f), 2.f);
+    const bool soft = alpha <= 1.f;
+    const float am1 = alpha - 1.f;
+    const int nz = max(0, j1 - j0);
+    if (soft) {
+        float s = 0.f;
+        if (M > -DA_INF)
+            for (int i = tid; i < nz; i += FU_NT) s += __expf(zs[i] - M);
+        s = block_sum(s, mw);
+        if (tid == 0) *st_sum = s;
+    } else {
+        const float thr = am1 * M - 1.f;
+        const int n = M > -DA_INF ? nz : 0;
+        const int k = fu_compact(n, [&](int i) { return am1 * zs[i] > thr; }, [&](int i, int pos) { cv[pos] = am1 * zs[i]; }, wc);
+        if (tid == 0) *st_cnt = k;
+    }
+    cluster_sync();  // #2: candidate lists and counts (or softmax partial sums)
+    float tau = -DA_INF;
+    if (soft) {
+        if (M > -DA_INF) {
+            float s = 0.f;
+            for (int r = 0; r < cs; ++r) s += ld_dsmem_f(dsmem(st_sum, r));
+            tau = M + logf(s);
+        }
+    } else if (M > -DA_INF) {
+        fu_rank_prefix(st_cnt, cpref, cs);
+        __syncthreads();
+        const int total = cpref[cs];
+        const bool local = total <= cap;
+        if (local) {
+            for (int e = tid; e < total; e += FU_NT) {
+                int o = 0;
+                while (o + 1 < cs && cpref[o + 1] <= e) ++o;
+                gb[e] = ld_dsmem_f(dsmem(cv + (e - cpref[o]), o));
+            }
+            __syncthreads();
+        }
+        // Newton on g(tau) = ||(s - tau)_+||_k - 1 from tau0 = max s - 1 (as dec_select).
+        const float k = 1.f / am1;
+        const int kind = am1 == 1.f ? 1 : (am1 == 0.5f ? 2 : 0);
+        double tt = (double)am1 * M - 1.0;
+        for (int it = 0; it < 40; ++it) {
+            const float tf = (float)tt;
+            double Ms = 0.0, S1 = 0.0;
+            auto acc = [&](float sv) {
+                const float x = sv - tf;
+                if (x > 0.f) {
+                    const float xk1 = kind == 1 ? 1.f : (kind == 2 ? x : powf(x, k - 1.f));
+                    Ms += (double)(xk1 * x);
+                    S1 += (double)xk1;
+                }
+            };
+            if (local) {
+                for (int e = tid; e < total; e += FU_NT) acc(gb[e]);
+            } else {
+                for (int r = 0; r < cs; ++r) {
+                    const int n = cpref[r + 1] - cpref[r];
+                    const u32 base = dsmem(cv, r);
+                    for (int e = tid; e < n; e += FU_NT) acc(ld_dsmem_f(base + 4 * e));
+                }
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                Ms += __shfl_xor_sync(0xffffffffu, Ms, o);
+                S1 += __shfl_xor_sync(0xffffffffu, S1, o);
+            }
+            double *rb = redd + (it & 1) * 8;  // two buffers: one barrier per step
+            if (lane == 0) {
+                rb[warp * 2] = Ms;
+                rb[warp * 2 + 1] = S1;
+            }
+            __syncthreads();
+            Ms = 0.0;
+            S1 = 0.0;
+#pragma unroll
+            for (int w = 0; w < NW; ++w) {
+                Ms += rb[w * 2];
+                S1 += rb[w * 2 + 1];
+            }
+            if (!(Ms > 0.0) || !(S1 > 0.0)) break;
+            const double Nn = kind == 2 ? sqrt(Ms) : (kind == 1 ? Ms : pow(Ms, (double)am1));
+            if (!(Nn > 1.0)) break;
+            const double dt = (Nn - 1.0) * Ms / (Nn * S1);
+            tt += dt;
+            if (!(dt > 1e-7 * fmax(1.0, fabs(tt)))) break;
+        }
+        tau = (float)tt;
+    }
+
+    // 3. This CTA's selected blocks (increasing j) and the cluster's tile list.
+    const int nsel_own = M > -DA_INF ? fu_compact(
+                                           nz,
+                                           [&](int i) { return soft ? zs[i] > -DA_INF : am1 * zs[i] - tau > 0.f; },
+                                           [&](int i, int pos) {
+                                               sj[pos] = j0 + i;
+                                               const float x = am1 * zs[i] - tau;
+                                               sb[pos] = soft ? zs[i] - tau : logf(x) / am1;
+                                           },
+                                           wc)
+                                     : 0;
+    if (tid == 0) *st_sel = nsel_own;
+    cluster_sync();  // #3: selected lists and counts
+    fu_rank_prefix(st_sel, spref, cs);
+    __syncthreads();
+    const int ntiles = nlt + spref[cs] * npb;
+    const int np = (int)rank < ntiles ? (ntiles - 1 - (int)rank) / cs + 1 : 0;  // tiles rank, rank + cs, ...
+
+    // 4. Attention over this CTA's tiles (group k = tile k of the CTA, empty past np).
+    float oacc[NTO][4];
+#pragma unroll
+    for (int i = 0; i < NTO; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
+    float mrow[2] = {-DA_INF, -DA_INF}, lrow[2] = {0.f, 0.f};
+    const float sl2 = p.sigma * DA_LOG2E;
+    const int kw = warp * 16;
+    int ng = pre ? 1 : 0;
+    for (; ng < FU_ST - 1; ++ng) {
+        if (ng < np) issue(rank + ng * cs, ng % FU_ST);
+        else cp_commit();
+    }
+    for (int i = 0; i < np; ++i) {
+        if (ng < np) issue(rank + ng * cs, ng % FU_ST);
+        else cp_commit();
+        ++ng;
+        cp_wait<FU_ST - 1>();
+        __syncthreads();  // tile i visible
+        const int stage = i % FU_ST, cnt = tcnt[stage];
+        if (kw < cnt)  // warp-uniform
+            attn_tile<T, D>(sQ, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM, cnt, tbeta[stage], sl2, kw, lane, oacc, mrow, lrow);
+        __syncthreads();
+    }
+    cp_wait<0>();
+    __syncthreads();  // no cp.async in flight into the K/V region wo reuses
+    merge_warp_states<D>(oacc, mrow, lrow, wo, wm, wl, mw, hpu, warp, lane);
+    for (int e = tid; e < hpu * D; e += FU_NT) {
+        const int g = e / D, x = e % D;
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) v += wo[(w * 16 + g) * D + x] * mw[g * 4 + w];
+        part_o[e] = v;
+    }
+    if (tid < hpu) part_l[tid] = mw[64 + tid];
+    cluster_sync();  // #4: every CTA's partial (o, lse)
+
+    // 5. Merge by lse: weights per (rank, head) in every CTA, outputs sliced over the cluster.
+    for (int e = tid; e < cs * hpu; e += FU_NT) gl[e] = ld_dsmem_f(dsmem(part_l + e % hpu, e / hpu));
+    __syncthreads();
+    if (tid < hpu) {
+        const int g = tid;
+        float mx = -DA_INF;
+        for (int r = 0; r < cs; ++r) mx = fmaxf(mx, gl[r * hpu + g]);
+        float sum = 0.f;
+        if (mx > -DA_INF)
+            for (int r = 0; r < cs; ++r) sum += __expf(gl[r * hpu + g] - mx);
+        const float lse = mx > -DA_INF ? mx + logf(sum) : -DA_INF;
+        for (int r = 0; r < cs; ++r) wg[r * hpu + g] = lse > -DA_INF ? __expf(gl[r * hpu + g] - lse) : 0.f;
+        if (rank == 0 && p.lse) p.lse[b * p.sl_n + (h0 + g) * p.sl_h] = lse;
+    }
+    __syncthreads();
+    T *ob = (T *)p.o + b * p.so_n;
+    for (int e = (int)rank * FU_NT + tid; e < hpu * D; e += cs * FU_NT) {
+        const int g = e / D, x = e % D;
+        float v = 0.f;
+        for (int r = 0; r < cs; ++r) v = fmaf(wg[r * hpu + g], ld_dsmem_f(dsmem(part_o + e, r)), v);
+        ob[(h0 + g) * p.so_h + x] = from_f<T>(v);
+    }
+    cluster_sync();  // #5: no CTA leaves while another may still read its shared memory
+#endif
+}
+
 #define DASH_DEC_INSTANTIATE(T, NAME)                                                                 \
     extern "C" __global__ void dash_pool_paged_##NAME(DecParams p) { pool_paged<T>(p); }               \
     extern "C" __global__ void __launch_bounds__(256) dash_dec_coarse_##NAME(DecParams p) { dec_coarse<T>(p); } \
@@ -1197,7 +1673,9 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d128_r4_##NAME(DecParams p) { dec_score<T, 128, 4>(p); } \
     extern "C" __global__ void __launch_bounds__(SEL_NT) dash_dec_select_##NAME(DecParams p) { dec_select<T>(p); } \
     extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d64_##NAME(DecParams p) { dec_attn<T, 64>(p); } \
-    extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d128_##NAME(DecParams p) { dec_attn<T, 128>(p); }
+    extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d128_##NAME(DecParams p) { dec_attn<T, 128>(p); } \
+    extern "C" __global__ void __launch_bounds__(FU_NT, 2) dash_dec_fused_d64_##NAME(DecParams p) { dec_fused<T, 64>(p); } \
+    extern "C" __global__ void __launch_bounds__(FU_NT, 2) dash_dec_fused_d128_##NAME(DecParams p) { dec_fused<T, 128>(p); }
 
 DASH_DEC_INSTANTIATE(f16_t, f16)
 DASH_DEC_INSTANTIATE(bf16_t, bf16)

@@ -15,7 +15,9 @@ Our backward time vs SDPA's backward (autograd.grad of an SDPA output). Row-leve
 sparsity = 1 - (selected + local blocks) / (causal blocks), from the forward's tau.
 Decode: one query token per sequence over a paged cache (pages of 64 tokens, identity page
 table), pooled keys precomputed; SDPA decode reads the same K/V laid out contiguously.
-Decode times (ours and SDPA's) are CUDA-graph replays, so host overhead is excluded.
+Decode times (ours and SDPA's) are CUDA-graph replays, so host overhead is excluded: per
+layer (several layers' calls on distinct caches in one graph, so nothing is reused from L2
+and the replay's launch latency is shared) and single (one call per replay).
 Bandwidth counts the bytes our decode must read: pooled keys of every candidate block plus
 K and V of the selected and local blocks (per KV group) and q/o. --kernels adds, per decode
 row, the device time of each dash_* kernel (torch.profiler over 5 eager calls).
@@ -239,15 +241,66 @@ def kernel_times(fn, reps=5):
     return ", ".join(f"{k} {v / reps:.1f}" for k, v in sorted(tot.items(), key=lambda kv: -kv[1]))
 
 
+def copy_bandwidth():
+    """Device-to-device copy of 4 GiB: bytes read + written per second (the bandwidth ceiling)."""
+    x = torch.empty(1 << 31, dtype=torch.bfloat16, device=dev).normal_()
+    y = torch.empty_like(x)
+    ms = median_ms(lambda: y.copy_(x), 10)
+    del x, y
+    torch.cuda.empty_cache()
+    return 2 * (1 << 32) / (ms * 1e-3) / 1e9
+
+
+def layered_us(fns, ctx, reps):
+    """Median microseconds per call of fns (one per layer, each on its own buffers) captured
+    back to back in one CUDA graph: a decode step of a model, where no layer finds the
+    previous one's data in L2 and launch latency is paid once per step, not per layer."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        if ctx is not None:
+            ctx.set_stream(s)
+        for fn in fns:
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        if ctx is not None:
+            ctx.set_stream(torch.cuda.current_stream())
+        for fn in fns:
+            fn()
+    if ctx is not None:
+        ctx.set_stream(None)
+    return 1e3 * median_ms(g.replay, reps) / len(fns)
+
+
+def with_env(var, val, fn):
+    old = os.environ.get(var)
+    os.environ[var] = val
+    try:
+        return fn()
+    finally:
+        if old is None:
+            del os.environ[var]
+        else:
+            os.environ[var] = old
+
+
 def bench_decode():
+    bw = copy_bandwidth()
+    print(f"\n# device-to-device copy: {bw:.0f} GB/s (read + write)")
     print("\n## Decode (one token per sequence, Hq=32, Hkv=8, D=128, B=64, bf16, pages of 64)\n")
-    print("| batch | context | kscale | block sparsity | dash us | cuDNN us | flash us | x cuDNN | x flash | dash GB/s on bytes read |")
-    print("|------:|--------:|-------:|---------------:|--------:|---------:|---------:|--------:|--------:|------------------------:|")
+    print("Per-layer times: `layers` decode calls on distinct caches captured in one graph (median replay / layers);")
+    print("single: one call per graph replay (includes the replay's launch latency). dash = the default path;")
+    print("fused / 3-kernel: forced with DASHATTN_DEC_FUSED=1 / 0 (per layer).\n")
+    print("| batch | context | kscale | block sparsity | layers | dash us | dash single us | fused us | 3-kernel us | cuDNN us | cuDNN single us | flash us | x cuDNN | x cuDNN single | x flash | GB/s on bytes read | % of copy |")
+    print("|------:|--------:|-------:|---------------:|-------:|--------:|---------------:|---------:|------------:|---------:|----------------:|---------:|--------:|---------------:|--------:|-------------------:|----------:|")
     sigma = 1 / math.sqrt(D)
     for n in [int(x) for x in a.batches.split(",")]:
         for L in [int(x) for x in a.dec_lens.split(",")]:
-            if n * L * HKV * D * 2 * 2 > 40e9:
-                print(f"| {n:5d} | {L:7d} | (skipped: {n*L*HKV*D*4/1e9:.0f} GB of K/V) |||||||")
+            kv_bytes = n * L * HKV * D * 2 * 2
+            if kv_bytes > 40e9:
+                print(f"| {n:5d} | {L:7d} | (skipped: {kv_bytes/1e9:.0f} GB of K/V) |||||||||||||||")
                 continue
             for ks in [float(x) for x in a.kscale.split(",")]:
                 T, k, v = topics(n, L, ks)
@@ -255,47 +308,62 @@ def bench_decode():
                 del T
                 ps = 64
                 pages = n * L // ps
-                kc, vc = k.view(pages, ps, HKV, D), v.view(pages, ps, HKV, D)
                 table = torch.arange(pages, device=dev, dtype=torch.int32).view(n, L // ps)
                 lens = torch.full((n,), L, device=dev, dtype=torch.int32)
-                pooled = torch.empty(pages, 1, HKV, D, device=dev, dtype=torch.bfloat16)
                 ctx = dashattn.Context("cuda")
-                dashattn.pool_keys_paged(kc, pooled, table, torch.zeros_like(lens), lens, block_size=B, context=ctx)
-                o = torch.empty_like(q)
-                us = graph_us(lambda: dashattn.decode(q, kc, vc, pooled, table, lens, alpha=ALPHA, block_size=B,
-                                                      context=ctx, out=o), ctx, a.reps)
+                pooled = torch.empty(pages, 1, HKV, D, device=dev, dtype=torch.bfloat16)
+                dashattn.pool_keys_paged(k.view(pages, ps, HKV, D), pooled, table, torch.zeros_like(lens), lens, block_size=B, context=ctx)
                 # Selection statistics (per KV group, as the kernel selects).
                 nb = L // B
                 kbar = pooled.view(n, nb, HKV, D).float()
                 qg = q.float().view(n, HKV, G, D).mean(2)
                 z = sigma * torch.einsum("nhd,njhd->nhj", qg, kbar)
+                del kbar
                 cand = torch.arange(nb, device=dev)[None, None, :] <= (L - 1) // B - 1
                 tau = entmax_tau(z, ALPHA, cand)
                 sel = (((ALPHA - 1) * z.double() - tau) > 0) & cand
                 att = sel.sum().item() + n * HKV  # + the local block
+                del z, tau, sel, cand
                 sparsity = 1 - att / (n * HKV * nb)
                 bytes_read = att * B * D * 2 * 2 + n * HKV * nb * D * 2 + 2 * q.numel() * 2
-                kd, vd = k.transpose(1, 2), v.transpose(1, 2)
+                # Layers: enough distinct copies that one step reads >= 256 MB (no L2 reuse
+                # between layers), at most 16 and 48 GB.
+                nl = max(1, min(16, math.ceil(256e6 / bytes_read), int(48e9 // (kv_bytes * 1.02))))
+                layers = [(k, v, pooled)] + [(k.clone(), v.clone(), pooled.clone()) for _ in range(nl - 1)]
+                o = torch.empty_like(q)
+
+                def dash_fns():
+                    return [(lambda kk=kk, vv=vv, pp=pp: dashattn.decode(q, kk.view(pages, ps, HKV, D), vv.view(pages, ps, HKV, D), pp, table, lens,
+                                                                          alpha=ALPHA, block_size=B, context=ctx, out=o)) for kk, vv, pp in layers]
+                fns = dash_fns()
+                us = layered_us(fns, ctx, a.reps)
+                us1 = graph_us(fns[0], ctx, a.reps)
+                us_fu = with_env("DASHATTN_DEC_FUSED", "1", lambda: layered_us(dash_fns(), ctx, a.reps))
+                us_3k = with_env("DASHATTN_DEC_FUSED", "0", lambda: layered_us(dash_fns(), ctx, a.reps))
                 qd = q.transpose(1, 2)
-                base = {}
+                base, base1 = {}, {}
                 for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
                     try:
                         with sdpa_kernel([be]):
-                            sd = lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=True)  # noqa: E731
+                            sds = [(lambda kk=kk, vv=vv: F.scaled_dot_product_attention(qd, kk.transpose(1, 2), vv.transpose(1, 2), enable_gqa=True))
+                                   for kk, vv, _ in layers]
                             try:
-                                base[name] = graph_us(sd, None, a.reps)
+                                base[name] = layered_us(sds, None, a.reps)
+                                base1[name] = graph_us(sds[0], None, a.reps)
                             except Exception as ex:  # noqa  (not capturable: time it eagerly)
                                 print(f"# SDPA {name} n={n} L={L}: no graph ({str(ex)[:80]}), timed eagerly", file=sys.stderr)
-                                base[name] = 1e3 * median_ms(sd, a.reps)
+                                base[name] = base1[name] = 1e3 * median_ms(sds[0], a.reps)
                     except Exception as ex:  # noqa
                         print(f"# SDPA {name} n={n} L={L}: {str(ex)[:120]}", file=sys.stderr)
-                        base[name] = float("nan")
-                print(f"| {n:5d} | {L:7d} | {ks:6g} | {100*sparsity:13.1f}% | {us:7.1f} | {base['cudnn']:8.1f} | {base['flash']:8.1f} | "
-                      f"{base['cudnn']/us:7.2f} | {base['flash']/us:7.2f} | {bytes_read/(us*1e-6)/1e9:23.0f} |", flush=True)
+                        base[name] = base1[name] = float("nan")
+                gbs = bytes_read / (us * 1e-6) / 1e9
+                print(f"| {n:5d} | {L:7d} | {ks:6g} | {100*sparsity:13.2f}% | {nl:6d} | {us:7.1f} | {us1:14.1f} | {us_fu:8.1f} | {us_3k:11.1f} | {base['cudnn']:8.1f} | "
+                      f"{base1['cudnn']:15.1f} | {base['flash']:8.1f} | {base['cudnn']/us:7.2f} | {base1['cudnn']/us1:14.2f} | {base['flash']/us:7.2f} | "
+                      f"{gbs:18.0f} | {100*gbs/bw:8.1f}% |", flush=True)
                 if a.kernels:
-                    print(f"#   kernels (n={n}, L={L}, kscale={ks:g}): {kernel_times(lambda: dashattn.decode(q, kc, vc, pooled, table, lens, alpha=ALPHA, block_size=B, context=ctx, out=o))}", flush=True)
+                    print(f"#   kernels (n={n}, L={L}, kscale={ks:g}): {kernel_times(fns[0])}", flush=True)
                 ctx.close()
-                del k, v, q, kc, vc, pooled, o, kd, vd, qd
+                del k, v, q, pooled, o, qd, layers, fns
                 torch.cuda.empty_cache()
 
 

@@ -6,7 +6,7 @@
 
 use cudarc::driver::sys;
 
-use super::launch::{launch, launch_pdl, s3, DeviceScratch, Layout};
+use super::launch::{launch, launch_cluster, launch_pdl, s3, DeviceScratch, Layout};
 use super::CudaDevice;
 use crate::dtype::DType;
 use crate::error::{bail, Result};
@@ -66,8 +66,10 @@ struct DecParams {
     nitems: u64,
     wchunk: i32,
     flags: i32,
+    fcap: i32,
+    fpad: i32,
 }
-const _: () = assert!(std::mem::size_of::<DecParams>() == 424);
+const _: () = assert!(std::mem::size_of::<DecParams>() == 432);
 
 /// Mirror of `struct MergeParams` in kernels/decode.cu.
 #[repr(C)]
@@ -123,7 +125,11 @@ fn kname(base: &str, s: &str) -> &'static str {
         ("attn64", "bf16") => "dash_dec_attn_d64_bf16",
         ("attn64", _) => "dash_dec_attn_d64_f16",
         ("attn128", "bf16") => "dash_dec_attn_d128_bf16",
-        _ => "dash_dec_attn_d128_f16",
+        ("attn128", _) => "dash_dec_attn_d128_f16",
+        ("fused64", "bf16") => "dash_dec_fused_d64_bf16",
+        ("fused64", _) => "dash_dec_fused_d64_f16",
+        ("fused128", "bf16") => "dash_dec_fused_d128_bf16",
+        _ => "dash_dec_fused_d128_f16",
     }
 }
 
@@ -152,6 +158,108 @@ fn fast_path(dev: &CudaDevice, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, hpu
         && aligned(&a.pooled_cache)
         && rows * p.d * 4 <= optin
         && attn_smem(p.d) <= optin
+}
+
+/// Which decode kernels a call runs: the fused cluster kernel where it applies (`Auto`, the
+/// default), never (`Off`), or whenever it can run (`On`; `cap` > 0 also sets how many
+/// candidates its tau solve gathers before it switches to reading them in place). Per
+/// thread, for tests and benchmarks; DASHATTN_DEC_FUSED=0 / 1 sets Off / On for `Auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusedMode {
+    Auto,
+    Off,
+    On { cap: usize },
+}
+
+thread_local! {
+    static FUSED_MODE: std::cell::Cell<FusedMode> = const { std::cell::Cell::new(FusedMode::Auto) };
+}
+
+/// Sets this thread's `FusedMode` (see there).
+pub fn set_fused_mode(m: FusedMode) {
+    FUSED_MODE.with(|c| c.set(m));
+}
+
+/// The fused kernel's launch: cluster size, candidate blocks per CTA, gather capacity and
+/// dynamic shared memory.
+struct Fused {
+    cs: usize,
+    sl: usize,
+    cap: usize,
+    smem: usize,
+    func: sys::CUfunction,
+}
+
+/// Shared memory of the fused kernel: mirrors `fu_layout` in kernels/decode.cu (FU_ST = 2
+/// K/V stages of 64 keys).
+fn fused_smem(d: usize, sl: usize, cap: usize) -> usize {
+    const ST: usize = 2;
+    let fixed_words = 16 + 64 + 64 + 128 + 256 + 256 + 4 + 4 + ST * 64 + 4 + 32 + 32 + 4;
+    2 * ST * 64 * d * 2 + 16 * d * 2 + 16 * 8 + d * 4 + 16 * d * 4 + fixed_words * 4 + (4 * sl + cap) * 4
+}
+
+/// Cached `cluster_fits` answers per (kernel, cluster size, shared memory).
+fn cluster_fits_cached(f: sys::CUfunction, smem: usize, cs: usize) -> bool {
+    static FITS: std::sync::Mutex<Vec<(usize, usize, usize, bool)>> = std::sync::Mutex::new(Vec::new());
+    let key = (f as usize, cs, smem);
+    let mut v = FITS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, _, _, ok)) = v.iter().find(|e| (e.0, e.1, e.2) == key) {
+        return ok;
+    }
+    let ok = super::launch::cluster_fits(f, 128, smem, cs);
+    v.push((key.0, key.1, key.2, ok));
+    ok
+}
+
+/// The fused cluster kernel applies to plain decode (q_len = 1) with one selection unit
+/// per KV head (per-group selection, or G = 1) on the v2 fast path, on sm_90+. It runs
+/// when the batch is small enough that a cluster of at least 2 CTAs per (sequence, KV
+/// head) fits the SMs (there it is latency-bound, and one launch with no global round
+/// trips wins); larger batches take the three-kernel path. Shapes only: graph replays
+/// see the same choice.
+fn fused_plan(dev: &CudaDevice, kern: &super::module::Kernels, s: &str, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, pl: &Plan) -> Result<Option<Fused>> {
+    let mut mode = FUSED_MODE.with(|c| c.get());
+    if mode == FusedMode::Auto {
+        match std::env::var("DASHATTN_DEC_FUSED").as_deref() {
+            Ok("0") => mode = FusedMode::Off,
+            Ok("1") => mode = FusedMode::On { cap: 0 },
+            _ => {}
+        }
+    }
+    let p = &d.paged;
+    let eligible = mode != FusedMode::Off
+        && dev.props.cc_major >= 9
+        && d.q_len == 1
+        && (cfg.selection == Selection::PerGroup || d.group == 1)
+        && fast_path(dev, cfg, d, a, pl.hpu);
+    if !eligible {
+        return Ok(None);
+    }
+    let sm = dev.props.sm_count.max(1) as usize;
+    let pairs = p.n * p.hkv;
+    let mut cs = 1;
+    while cs < 16 && pairs * cs * 2 <= sm {
+        cs *= 2;
+    }
+    if mode == FusedMode::Auto {
+        // first version measured slower than the three-kernel path (H200, 128k): opt-in only
+        return Ok(None);
+    }
+    let cap = match mode {
+        FusedMode::On { cap } if cap > 0 => cap,
+        _ => pl.nbmax.min(1024),
+    };
+    let func = kern.function(kname(if p.d == 64 { "fused64" } else { "fused128" }, s))?;
+    let optin = dev.props.smem_optin.max(48 * 1024) as usize;
+    while cs >= 1 {
+        let sl = pl.nbmax.div_ceil(cs);
+        let smem = fused_smem(p.d, sl, cap);
+        if smem <= optin && cluster_fits_cached(func, smem, cs) {
+            return Ok(Some(Fused { cs, sl, cap, smem, func }));
+        }
+        cs /= 2;
+    }
+    Ok(None)
 }
 
 struct Plan {
@@ -256,9 +364,6 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     }
     let _g = dev.bind()?;
     let kern = dev.kernels()?;
-    let scratch = DeviceScratch::new(ws, pl.layout.total, stream, "cuMemAllocAsync (decode workspace)")?;
-    let stream = stream as sys::CUstream;
-    let at = |i: usize| scratch.base + pl.layout.offsets[i] as u64;
     let (sigma, sigma_c) = cfg.scales(p.d);
     let mut dp = cache_params(p, &a.k_cache, &a.pooled_cache, &a.block_table, &a.seq_lens, cfg);
     dp.q = a.q.ptr as u64;
@@ -269,17 +374,6 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.ha_stride = a.head_alpha.map_or(0, |t| t.strides[0] as i64);
     dp.o = a.o.ptr as u64;
     dp.so = s3(&a.o);
-    dp.z = at(0);
-    dp.tau = at(1);
-    dp.sel_n = at(2);
-    dp.sel_idx = at(3);
-    dp.sel_beta = at(4);
-    dp.o_part = at(5);
-    dp.lse_part = at(6);
-    dp.cnt = at(7);
-    dp.items = at(8);
-    dp.nitems = at(9);
-    dp.wchunk = if p.n * pl.units * d.q_len < 128 { 1 } else { 2 };
     dp.lse = a.lse.map_or(0, |t| t.ptr as u64);
     dp.sl = a.lse.as_ref().map_or([0; 3], s3);
     dp.q_len = d.q_len as i32;
@@ -291,6 +385,30 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.alpha = cfg.alpha;
     dp.sigma = sigma as f32;
     dp.sigma_c = sigma_c as f32;
+    // Programmatic dependent launch on sm_90+ (each kernel waits on the previous grid
+    // before it reads anything); DASHATTN_NO_PDL=1 turns it off.
+    let pdl = dev.props.cc_major >= 9 && !std::env::var("DASHATTN_NO_PDL").is_ok_and(|v| v == "1");
+    let cstream = stream as sys::CUstream;
+    if let Some(fu) = fused_plan(dev, kern, s, cfg, d, a, &pl)? {
+        // One cluster launch does the whole step (no workspace used).
+        dp.cb = fu.sl as i32;
+        dp.fcap = fu.cap as i32;
+        return unsafe { launch_cluster(fu.func, (fu.cs, p.hkv, p.n), 128, fu.smem, fu.cs, cstream, &dp, pdl, "cuLaunchKernelEx(dash_dec_fused)") };
+    }
+    let scratch = DeviceScratch::new(ws, pl.layout.total, stream, "cuMemAllocAsync (decode workspace)")?;
+    let stream = cstream;
+    let at = |i: usize| scratch.base + pl.layout.offsets[i] as u64;
+    dp.z = at(0);
+    dp.tau = at(1);
+    dp.sel_n = at(2);
+    dp.sel_idx = at(3);
+    dp.sel_beta = at(4);
+    dp.o_part = at(5);
+    dp.lse_part = at(6);
+    dp.cnt = at(7);
+    dp.items = at(8);
+    dp.nitems = at(9);
+    dp.wchunk = if p.n * pl.units * d.q_len < 128 { 1 } else { 2 };
     // Few rows (the latency-bound case): the select kernel prefetches the K/V rows of each
     // row's local blocks into L2 while the score kernel runs (with many rows the attention
     // is bandwidth-bound and the prefetch would only add traffic);
@@ -312,9 +430,6 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
         let rows = if cfg.selection == Selection::PerHead { d.group * d.q_len } else { d.q_len };
         let (sc, at) = if p.d == 64 { ("score64", "attn64") } else { ("score128", "attn128") };
         let sc = if rows == 1 { sc } else if p.d == 64 { "score64r4" } else { "score128r4" };
-        // Programmatic dependent launch of select and attention on sm_90+ (their kernels
-        // wait on the previous grid first); DASHATTN_NO_PDL=1 turns it off.
-        let pdl = dev.props.cc_major >= 9 && !std::env::var("DASHATTN_NO_PDL").is_ok_and(|v| v == "1");
         unsafe {
             let f = kern.function(kname(sc, s))?;
             launch(f, (chunks, p.hkv, p.n), 256, rows * p.d * 4, stream, &dp, "cuLaunchKernel(dash_dec_score)")?;

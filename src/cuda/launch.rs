@@ -63,6 +63,76 @@ pub unsafe fn launch_pdl<P>(f: sys::CUfunction, grid: (usize, usize, usize), blo
     launch(f, grid, block, smem, stream, p, what)
 }
 
+/// Launches `f` as a grid of thread-block clusters of `cluster` CTAs along x (sm_90+;
+/// needs `cuLaunchKernelEx`), with programmatic stream serialization when `pdl`. There is
+/// no plain-launch fallback: a cluster kernel computes nothing sensible without its
+/// cluster, so a refused launch is an error (callers check `cluster_fits` first).
+///
+/// # Safety
+/// As `launch`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn launch_cluster<P>(f: sys::CUfunction, grid: (usize, usize, usize), block: usize, smem: usize, cluster: usize, stream: sys::CUstream, p: &P, pdl: bool, what: &str) -> Result<()> {
+    let mut pp = p as *const P as *mut c_void;
+    let mut attrs: [sys::CUlaunchAttribute; 2] = std::mem::zeroed();
+    attrs[0].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attrs[0].value.clusterDim.x = cluster as u32;
+    attrs[0].value.clusterDim.y = 1;
+    attrs[0].value.clusterDim.z = 1;
+    attrs[1].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attrs[1].value.programmaticStreamSerializationAllowed = 1;
+    if pdl && launch_ex_available() {
+        let cfg = cluster_config(grid, block, smem, stream, &mut attrs, 2);
+        if sys::cuLaunchKernelEx(&cfg, f, &mut pp as *mut *mut c_void, std::ptr::null_mut()) == sys::CUresult::CUDA_SUCCESS {
+            return Ok(());
+        }
+    }
+    // without programmatic serialization (or where it was refused)
+    let cfg = cluster_config(grid, block, smem, stream, &mut attrs, 1);
+    check(sys::cuLaunchKernelEx(&cfg, f, &mut pp as *mut *mut c_void, std::ptr::null_mut()), what)
+}
+
+fn cluster_config(grid: (usize, usize, usize), block: usize, smem: usize, stream: sys::CUstream, attrs: &mut [sys::CUlaunchAttribute], n: u32) -> sys::CUlaunchConfig {
+    sys::CUlaunchConfig {
+        gridDimX: grid.0 as u32,
+        gridDimY: grid.1 as u32,
+        gridDimZ: grid.2 as u32,
+        blockDimX: block as u32,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem as u32,
+        hStream: stream,
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: n,
+    }
+}
+
+/// Whether at least one cluster of `cluster` CTAs (`block` threads, `smem` dynamic bytes
+/// each) of kernel `f` can be resident on the device (cuOccupancyMaxActiveClusters);
+/// above 8 CTAs the kernel is first allowed non-portable cluster sizes. Shape-only, so the
+/// answer holds for every call of that shape (and for graph replays).
+pub fn cluster_fits(f: sys::CUfunction, block: usize, smem: usize, cluster: usize) -> bool {
+    if !launch_ex_available() {
+        return false;
+    }
+    let have = std::panic::catch_unwind(|| unsafe { sys::culib().get::<unsafe extern "C" fn()>(b"cuOccupancyMaxActiveClusters\0").is_ok() }).unwrap_or(false);
+    if !have {
+        return false;
+    }
+    unsafe {
+        if cluster > 8 && sys::cuFuncSetAttribute(f, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1) != sys::CUresult::CUDA_SUCCESS {
+            return false;
+        }
+        let mut attrs: [sys::CUlaunchAttribute; 1] = std::mem::zeroed();
+        attrs[0].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attrs[0].value.clusterDim.x = cluster as u32;
+        attrs[0].value.clusterDim.y = 1;
+        attrs[0].value.clusterDim.z = 1;
+        let cfg = cluster_config((cluster, 1, 1), block, smem, std::ptr::null_mut(), &mut attrs, 1);
+        let mut n = 0;
+        sys::cuOccupancyMaxActiveClusters(&mut n, f, &cfg) == sys::CUresult::CUDA_SUCCESS && n >= 1
+    }
+}
+
 /// Byte offsets of workspace buffers, each aligned to WORKSPACE_ALIGN.
 pub struct Layout {
     pub offsets: Vec<usize>,
