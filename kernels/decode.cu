@@ -72,11 +72,12 @@ struct DecParams {
     int *nitems;  // ws [1]: its length (zeroed by the score kernel, appended by select)
     int wchunk;   // v2: blocks per work item (at least; rows with > splits * wchunk blocks use more)
     int flags;    // v2: bit 0: select prefetches the K/V rows of the row's local blocks into L2
-    int fcap;     // fused: most gathered candidates per row (more: the Newton sums read in place)
     int fpad;
+    int ftl;      // fused: most selected tiles per CTA (its tile-list capacity)
+    u64 *prof;    // fused, developer timing (DASHATTN_DEC_PROFILE): 16 words per CTA, or null
 };
 // Must match src/cuda/decode.rs `DecParams` (#[repr(C)]).
-static_assert(sizeof(DecParams) == 432, "DecParams layout");
+static_assert(sizeof(DecParams) == 440, "DecParams layout");
 
 // Block-wide reductions (blockDim a multiple of 32, <= 1024); every thread gets the result.
 __device__ float block_sum(float v, float *red) {
@@ -118,10 +119,13 @@ __device__ __forceinline__ int seq_len(const DecParams &p, int b) {
     return (len < 0 || (i64)len > (i64)p.max_pages * p.ps) ? 0 : len;
 }
 
-__device__ __forceinline__ int page_of(const DecParams &p, int b, i64 tok) {
-    int pg = p.table[b * p.st_b + (tok / p.ps) * p.st_i];
+// Page of logical page index pi (= token / page_size) of sequence b, or -1 when the table
+// entry is not a page.
+__device__ __forceinline__ int page_at(const DecParams &p, int b, i64 pi) {
+    int pg = p.table[b * p.st_b + pi * p.st_i];
     return (pg >= 0 && pg < p.num_pages) ? pg : -1;
 }
+__device__ __forceinline__ int page_of(const DecParams &p, int b, i64 tok) { return page_at(p, b, tok / p.ps); }
 
 // ---------------------------------------------------------------- pooled-key upkeep
 // grid (Hkv, N), block = D threads (rounded to 32).
@@ -914,6 +918,42 @@ __device__ __forceinline__ float4 ldcg4(const float *ptr) {
     return v;
 }
 
+// K and V of one tile (keys [i0, i0 + cnt), cnt <= TK <= 64) of KV head hk of sequence b
+// into smem (swizzled rows, cp.async 16 bytes a thread and chunk, zero-filled past cnt or
+// on a bad page; okt[ii] = key ii is valid), committed as one group. The page-table
+// entries load first, all at once (no table load in front of each copy).
+template <typename T, int D, int NT>
+__device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, i64 i0, int cnt, int TK, u16 *kd, u16 *vd, int *okt) {
+    constexpr int CPK = D / 8, EPT = 64 * CPK / NT;
+    const i64 pi0 = i0 / p.ps;
+    const int r0 = (int)(i0 - pi0 * p.ps);
+    int pg[EPT], sl[EPT];
+#pragma unroll
+    for (int k = 0; k < EPT; ++k) {
+        const int ii = (threadIdx.x + k * NT) / CPK;
+        const int q = (r0 + ii) / p.ps;
+        sl[k] = r0 + ii - q * p.ps;
+        pg[k] = ii < cnt ? page_at(p, b, pi0 + q) : -1;
+    }
+#pragma unroll
+    for (int k = 0; k < EPT; ++k) {
+        const int e = threadIdx.x + k * NT, ii = e / CPK, col = e % CPK;
+        if (ii < TK) {
+            const T *ks = (const T *)p.kc, *vs = (const T *)p.vc;
+            const bool ok = pg[k] >= 0;
+            if (ok) {
+                ks += pg[k] * p.sk.page + sl[k] * p.sk.slot + hk * p.sk.head + col * 8;
+                vs += pg[k] * p.sv.page + sl[k] * p.sv.slot + hk * p.sv.head + col * 8;
+            }
+            const int so = swz<D>(ii, col);
+            cp_async16(smem_u32(kd + so), ks, ok ? 16 : 0);
+            cp_async16(smem_u32(vd + so), vs, ok ? 16 : 0);
+            if (col == 0) okt[ii] = ok;
+        }
+    }
+    cp_commit();
+}
+
 // One K/V tile of the split-KV attention for the calling warp (keys [kw, kw + 16) of the
 // tile in smem): S = Q K^T on tensor cores (the unit's heads are the 16 M rows), + the
 // block's log-prior, online softmax in the log2 domain (P rounded to T for P V, as in the
@@ -1035,7 +1075,7 @@ __device__ __forceinline__ void merge_warp_states(const float (&oacc)[D / 8][4],
 
 template <typename T, int D>
 __device__ __forceinline__ void dec_attn(const DecParams &p) {
-    constexpr int NTO = D / 8, CPK = D / 8, TKM = 64;
+    constexpr int NTO = D / 8, TKM = 64;
     extern __shared__ uint4 smv[];
     u16 *sK = (u16 *)smv, *sV = sK + 2 * TKM * D, *sQ = sV + 2 * TKM * D;
     int *okm = (int *)(sQ + 16 * D);                          // [2][64]
@@ -1092,26 +1132,7 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
             i64 i0;
             int cnt;
             tile(tt, beta, i0, cnt);
-            u16 *kd = sK + stage * TKM * D, *vd = sV + stage * TKM * D;
-            for (int e = tid; e < TK * CPK; e += ATT_NT) {
-                int ii = e / CPK, col = e % CPK;
-                const T *ks = (const T *)p.kc, *vs = (const T *)p.vc;
-                bool ok = false;
-                if (ii < cnt) {
-                    int pg = page_of(p, b, i0 + ii);
-                    if (pg >= 0) {
-                        i64 slot = (i0 + ii) % p.ps;
-                        ks += pg * p.sk.page + slot * p.sk.slot + hk * p.sk.head + col * 8;
-                        vs += pg * p.sv.page + slot * p.sv.slot + hk * p.sv.head + col * 8;
-                        ok = true;
-                    }
-                }
-                int so = swz<D>(ii, col);
-                cp_async16(smem_u32(kd + so), ks, ok ? 16 : 0);
-                cp_async16(smem_u32(vd + so), vs, ok ? 16 : 0);
-                if (col == 0) okm[stage * TKM + ii] = ok;
-            }
-            cp_commit();
+            load_kv_tile<T, D, ATT_NT>(p, b, hk, i0, cnt, TK, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM);
         };
         issue(tt0, 0);
         float oacc[NTO][4];
@@ -1207,58 +1228,63 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
 
 // ================================================================ fused path (sm_90+)
 // One launch per decode step for plain decode (q_len = 1, one selection unit per KV head):
-// a thread-block cluster of FU_CS CTAs per (sequence, KV head) does the whole step, the
-// CTAs exchanging what they need through distributed shared memory (no global round trip,
-// no second launch):
-//   1. CTA c scores its slice [c*SL, (c+1)*SL) of the candidate blocks (the pooled keys:
-//      16-byte loads, a lane group per key, U keys in flight per group); the K/V tile of
-//      the local block is already on its way (cp.async, issued before the scoring).
-//   2. max over the cluster; each CTA compacts its s_j = (alpha-1) z_j > max s - 1 (the only
-//      possible support); every CTA gathers all of them (rank order: the same values in the
-//      same order everywhere) and solves tau by the same Newton as dec_select, so every CTA
-//      gets the same bits. More than fcap candidates: the sums read the other CTAs' lists
-//      in place each Newton step (same order, same bits).
-//   3. each CTA compacts its selected blocks (j, log-prior); the tile list is
-//      [local tiles..., selected tiles (rank order)...]; CTA c takes tiles c, c + cs, ...
-//      (cp.async double buffer, the tensor-core tile of attn_tile).
-//   4. each CTA's partial (o, lse) in its shared memory; the cluster merges them by lse
-//      (each CTA a slice of the heads x D outputs), in rank order: deterministic.
+// a thread-block cluster of cs CTAs per (sequence, KV head) does the whole step. The CTAs
+// exchange what they need through distributed shared memory, by pushing (remote stores
+// are fire-and-forget; a remote load is a round trip), with four cluster barriers:
+//   1. CTA c scores its slice [c*SL, (c+1)*SL) of the candidate blocks (pooled keys,
+//      16-byte loads, a lane group per key, a warp's 32 keys in flight at once, the
+//      page-table entries of the next pass loaded during this one); the K/V tile of the
+//      local block is already on its way (cp.async, issued first). Slice max -> all CTAs.
+//   2. Each CTA pushes its s_j = (alpha-1) z_j > max s - 1 (the only possible support) to
+//      every CTA (slot [c][0, count)), so every CTA holds all candidates in the same
+//      order and solves tau by the same Newton as dec_select: the same bits everywhere.
+//   3. Each CTA compacts its selected blocks (j, log-prior); the row's tile list is
+//      [local tiles..., selected tiles (rank order)...]; CTA c takes tiles c, c + cs, ...,
+//      fetching its selected tiles' (j, log-prior) in one batch of remote loads, then the
+//      double-buffered cp.async + tensor-core loop of attn_tile.
+//   4. Each CTA pushes its partial lse to all and its partial o, in float4 slices, to the
+//      slice's owner; after the last barrier each owner merges its slice by lse in rank
+//      order (deterministic) and stores o. Nothing is read remotely after that barrier, so
+//      CTAs may exit without a fifth.
 // Grid (cs, Hkv, N), cluster (cs, 1, 1), block FU_NT; dynamic smem as fu_layout (mirrored
 // by src/cuda/decode.rs fused_smem). Launched only on sm_90+; the sm_80 build is empty.
 #define FU_NT 128
 #define FU_ST 2
 
 struct FuLayout {
-    int k, v, q, redd, qs, po, pl, wm, wl, mw, gl, wg, tb, tc, okm, wc, cpref, spref, stats, zs, cv, sj, sb, gb, total;
+    int k, v, q, redd, qs, recv, rl, wm, wl, mw, wg, tb, tc, okm, wc, rmax, rsum, rcnt, rsel, pref, zs, sj, sb, tj, tbv, gb, total;
 };
-// Byte offsets of the fused kernel's shared arrays (16-byte aligned blocks first).
-__host__ __device__ inline FuLayout fu_layout(int D, int SL, int cap) {
+// Byte offsets of the fused kernel's shared arrays; SL: candidate blocks per CTA, tl: most
+// selected tiles per CTA, cs: cluster size (the candidate array is [cs][SL]).
+__host__ __device__ inline FuLayout fu_layout(int D, int SL, int tl, int cs) {
     FuLayout L;
     int o = 0;
     L.k = o; o += FU_ST * 64 * D * 2;
     L.v = o; o += FU_ST * 64 * D * 2;
     L.q = o; o += 16 * D * 2;
     L.redd = o; o += 16 * 8;
+    L.recv = o; o += 16 * D * 4 + 16 * 16;  // [cs][slots] float4, slots = ceil(hpu*D/4 / cs)
     L.qs = o; o += D * 4;
-    L.po = o; o += 16 * D * 4;
-    L.pl = o; o += 16 * 4;
+    L.rl = o; o += 256 * 4;  // [cs][16] partial lse
     L.wm = o; o += 64 * 4;
     L.wl = o; o += 64 * 4;
     L.mw = o; o += 128 * 4;
-    L.gl = o; o += 256 * 4;
     L.wg = o; o += 256 * 4;
     L.tb = o; o += 4 * 4;
     L.tc = o; o += 4 * 4;
     L.okm = o; o += FU_ST * 64 * 4;
     L.wc = o; o += 4 * 4;
-    L.cpref = o; o += 32 * 4;
-    L.spref = o; o += 32 * 4;
-    L.stats = o; o += 4 * 4;
+    L.rmax = o; o += 16 * 4;
+    L.rsum = o; o += 16 * 4;
+    L.rcnt = o; o += 16 * 4;
+    L.rsel = o; o += 16 * 4;
+    L.pref = o; o += 32 * 4;
     L.zs = o; o += SL * 4;
-    L.cv = o; o += SL * 4;
     L.sj = o; o += SL * 4;
     L.sb = o; o += SL * 4;
-    L.gb = o; o += cap * 4;
+    L.tj = o; o += tl * 4;
+    L.tbv = o; o += tl * 4;
+    L.gb = o; o += cs * SL * 4;
     L.total = o;
     return L;
 }
@@ -1273,21 +1299,37 @@ __device__ __forceinline__ u32 cluster_rank() {
 __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
+// The two halves of a barrier: arrive at the start, wait before the first remote access
+// (every CTA of the cluster must have started before its shared memory is touched).
+__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
 // The address of local shared variable p in CTA `rank` of the cluster (same layout there).
 __device__ __forceinline__ u32 dsmem(const void *p, u32 rank) {
     u32 r;
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(smem_u32(p)), "r"(rank));
     return r;
 }
+// Remote loads carry no memory clobber so that independent ones overlap; they are
+// volatile, hence never moved across a cluster barrier (also volatile).
 __device__ __forceinline__ float ld_dsmem_f(u32 a) {
     float v;
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a));
     return v;
 }
 __device__ __forceinline__ int ld_dsmem_i(u32 a) {
     int v;
-    asm volatile("ld.shared::cluster.s32 %0, [%1];" : "=r"(v) : "r"(a) : "memory");
+    asm volatile("ld.shared::cluster.s32 %0, [%1];" : "=r"(v) : "r"(a));
     return v;
+}
+__device__ __forceinline__ void st_dsmem_f(u32 a, float v) { asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(a), "f"(v) : "memory"); }
+__device__ __forceinline__ void st_dsmem_i(u32 a, int v) { asm volatile("st.shared::cluster.s32 [%0], %1;" ::"r"(a), "r"(v) : "memory"); }
+__device__ __forceinline__ void st_dsmem_f4(u32 a, float4 v) {
+    asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(a), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
+}
+__device__ __forceinline__ u64 gtimer() {
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
 }
 __device__ __forceinline__ u32 dyn_smem_size() {
     u32 r;
@@ -1319,53 +1361,60 @@ __device__ __forceinline__ int fu_compact(int n, P pred, W write, int *wc) {
     }
     return base;
 }
-
-// Exclusive prefix of a per-rank int (at local address v in every CTA) into pref[0..cs]
-// (local smem), by warp 0. Caller syncs.
-__device__ __forceinline__ void fu_rank_prefix(const int *v, int *pref, int cs) {
-    if (threadIdx.x < 32) {
-        const int lane = threadIdx.x;
-        int x = lane < cs ? ld_dsmem_i(dsmem(v, lane)) : 0, incl = x;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            int y = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o) incl += y;
-        }
-        if (lane < cs) pref[lane] = incl - x;
-        if (lane == cs - 1) pref[cs] = incl;
-    }
-}
 #endif
 
 template <typename T, int D>
 __device__ __forceinline__ void dec_fused(const DecParams &p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    constexpr int LPK = D / 8, KPW = 32 / LPK, U = 8, NW = FU_NT / 32, TKM = 64, CPK = D / 8, NTO = D / 8;
+    constexpr int LPK = D / 8, KPW = 32 / LPK, U = 32 / KPW, NW = FU_NT / 32, TKM = 64, NTO = D / 8;
     extern __shared__ uint4 smv[];
-    const int SL = p.cb, cap = p.fcap;
-    const FuLayout Lo = fu_layout(D, SL, cap);
+    const int SL = p.cb, TL = p.ftl, cs = gridDim.x;
+    const FuLayout Lo = fu_layout(D, SL, TL, cs);
     if (dyn_smem_size() < (u32)Lo.total) __trap();  // host/device layout mismatch
     char *sm = (char *)smv;
     u16 *sK = (u16 *)(sm + Lo.k), *sV = (u16 *)(sm + Lo.v), *sQ = (u16 *)(sm + Lo.q);
     double *redd = (double *)(sm + Lo.redd);
-    float *qs = (float *)(sm + Lo.qs), *part_o = (float *)(sm + Lo.po), *part_l = (float *)(sm + Lo.pl);
+    float4 *recv = (float4 *)(sm + Lo.recv);
+    float *qs = (float *)(sm + Lo.qs), *rl = (float *)(sm + Lo.rl);
     float *wm = (float *)(sm + Lo.wm), *wl = (float *)(sm + Lo.wl), *mw = (float *)(sm + Lo.mw);
-    float *gl = (float *)(sm + Lo.gl), *wg = (float *)(sm + Lo.wg), *tbeta = (float *)(sm + Lo.tb);
+    float *wg = (float *)(sm + Lo.wg), *tbeta = (float *)(sm + Lo.tb);
     int *tcnt = (int *)(sm + Lo.tc), *okm = (int *)(sm + Lo.okm), *wc = (int *)(sm + Lo.wc);
-    int *cpref = (int *)(sm + Lo.cpref), *spref = (int *)(sm + Lo.spref);
-    float *st_max = (float *)(sm + Lo.stats), *st_sum = st_max + 1;
-    int *st_cnt = (int *)(st_max + 2), *st_sel = (int *)(st_max + 3);
-    float *zs = (float *)(sm + Lo.zs), *cv = (float *)(sm + Lo.cv), *sb = (float *)(sm + Lo.sb), *gb = (float *)(sm + Lo.gb);
-    int *sj = (int *)(sm + Lo.sj);
+    float *rmax = (float *)(sm + Lo.rmax), *rsum = (float *)(sm + Lo.rsum);
+    int *rcnt = (int *)(sm + Lo.rcnt), *rsel = (int *)(sm + Lo.rsel), *pref = (int *)(sm + Lo.pref);
+    float *zs = (float *)(sm + Lo.zs), *sb = (float *)(sm + Lo.sb), *gb = (float *)(sm + Lo.gb), *tbv = (float *)(sm + Lo.tbv);
+    int *sj = (int *)(sm + Lo.sj), *tj = (int *)(sm + Lo.tj);
     float *wo = (float *)sK;  // [4][16][D] after the tiles (reuses K/V)
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const u32 rank = cluster_rank();
-    const int cs = gridDim.x, hk = blockIdx.y, b = blockIdx.z;
+    const int hk = blockIdx.y, b = blockIdx.z;
     const int G = p.group, hpu = G, h0 = hk * G;
     const int bs = p.bs, TK = bs < TKM ? bs : TKM, npb = bs / TK;
-    pdl_wait();  // q, the caches and lengths may come from the previous kernel
+    u64 *prof = p.prof && tid == 0 ? p.prof + 16 * (blockIdx.x + gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z)) : nullptr;
+    auto mark = [&](int k) {
+        if (prof) prof[k] = gtimer();
+    };
+    mark(0);
+    cluster_arrive_relaxed();  // waited for before the first push (step 1)
+    pdl_wait();                // q, the caches and lengths may come from the previous kernel
     pdl_trigger();
+    mark(1);
+    const int j0 = (int)rank * SL;
+    // Page-table entries of the first scoring pass: they do not depend on the length
+    // (every slot below nbmax lies inside the block table), so they load beside it.
+    const int kg = lane / LPK, kl = lane % LPK;
+    // Block j's pooled key: logical page j / bpp, slot j % bpp (pages of bpp >= 1 blocks),
+    // or page j * ppb (blocks of ppb pages); 32-bit arithmetic.
+    const int bpp = p.ps >= bs ? p.ps / bs : 0, ppb = p.ps >= bs ? 0 : bs / p.ps;
+    auto pass_pages = [&](int jb, int *pgo) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int j = jb + u * KPW + kg;
+            pgo[u] = j < j0 + SL && j < p.nbmax ? page_at(p, b, bpp ? j / bpp : j * ppb) : -1;
+        }
+    };
+    int pg[U];
+    pass_pages(j0 + warp * 32, pg);
     const int len = seq_len(p, b);
     const i64 t = (i64)len - 1;
     const i64 c = t >= 0 ? t / bs : 0;
@@ -1374,10 +1423,14 @@ __device__ __forceinline__ void dec_fused(const DecParams &p) {
     const int nlt = t >= 0 ? (int)(c - first_local + 1) * npb : 0;
     const i64 tend = len;
 
-    // Tile `pos` of the row's list: local tiles first, then the selected blocks' tiles.
-    auto tile_of = [&](int pos, float &beta, i64 &i0, int &cnt) {
+    // This CTA's tiles are k = 0, 1, ... at positions rank + k * cs of the row's list: local
+    // tiles first (nloc_mine of them), then selected ones (tj / tbv, filled after step 3).
+    const int nloc_mine = (int)rank < nlt ? (nlt - 1 - (int)rank) / cs + 1 : 0;
+    auto issue = [&](int k, int stage) {
+        const int pos = (int)rank + k * cs;
         int j, sub;
-        if (pos < nlt) {
+        float beta;
+        if (k < nloc_mine) {
             const int m = pos / npb;
             sub = pos - m * npb;
             j = first_local + m;
@@ -1385,87 +1438,60 @@ __device__ __forceinline__ void dec_fused(const DecParams &p) {
         } else {
             const int qq = pos - nlt, m = qq / npb;
             sub = qq - m * npb;
-            int o = 0;
-            while (o + 1 < cs && spref[o + 1] <= m) ++o;
-            j = ld_dsmem_i(dsmem(sj + (m - spref[o]), o));
-            beta = ld_dsmem_f(dsmem(sb + (m - spref[o]), o));
+            j = tj[k - nloc_mine];
+            beta = tbv[k - nloc_mine];
         }
-        i0 = (i64)j * bs + sub * TK;
-        cnt = (int)max((i64)0, min((i64)TK, tend - i0));
-    };
-    auto issue = [&](int pos, int stage) {
-        float beta;
-        i64 i0;
-        int cnt;
-        tile_of(pos, beta, i0, cnt);
-        u16 *kd = sK + stage * TKM * D, *vd = sV + stage * TKM * D;
-        for (int e = tid; e < TK * CPK; e += FU_NT) {
-            const int ii = e / CPK, col = e % CPK;
-            const T *ks = (const T *)p.kc, *vs = (const T *)p.vc;
-            bool ok = false;
-            if (ii < cnt) {
-                const int pg = page_of(p, b, i0 + ii);
-                if (pg >= 0) {
-                    const i64 slot = (i0 + ii) % p.ps;
-                    ks += pg * p.sk.page + slot * p.sk.slot + hk * p.sk.head + col * 8;
-                    vs += pg * p.sv.page + slot * p.sv.slot + hk * p.sv.head + col * 8;
-                    ok = true;
-                }
-            }
-            const int so = swz<D>(ii, col);
-            cp_async16(smem_u32(kd + so), ks, ok ? 16 : 0);
-            cp_async16(smem_u32(vd + so), vs, ok ? 16 : 0);
-            if (col == 0) okm[stage * TKM + ii] = ok;
-        }
+        const i64 i0 = (i64)j * bs + sub * TK;
+        const int cnt = (int)max((i64)0, min((i64)TK, tend - i0));
         if (tid == 0) {
             tbeta[stage] = beta;
             tcnt[stage] = cnt;
         }
-        cp_commit();
+        load_kv_tile<T, D, FU_NT>(p, b, hk, i0, cnt, TK, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM);
     };
     // The local block's first tile does not depend on the selection: start it now.
-    const bool pre = (int)rank < nlt;
-    if (pre) issue(rank, 0);
+    const bool pre = nloc_mine > 0;
+    if (pre) issue(0, 0);
 
-    // Q rows (heads of the group, zero-padded to 16) and the scaled group-mean query.
+    // Q rows (heads of the group, zero-padded to 16; 16-byte loads: the fast path's rows
+    // are aligned) and the scaled group-mean query, from the staged rows.
     const T *qb = (const T *)p.q + b * p.sq_n + h0 * p.sq_h;
-    for (int e = tid; e < 16 * D; e += FU_NT) {
-        const int g = e / D, x = e % D;
-        T v = from_f<T>(0.f);
-        if (g < hpu) v = qb[g * p.sq_h + x];
-        sQ[swz<D>(g, x >> 3) + (x & 7)] = *(u16 *)&v;
+    for (int e = tid; e < 16 * D / 8; e += FU_NT) {
+        const int g = e / (D / 8), ch = e % (D / 8);
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (g < hpu) v = *(const uint4 *)(qb + g * p.sq_h + ch * 8);
+        *(uint4 *)(sQ + swz<D>(g, ch)) = v;
     }
+    __syncthreads();
     for (int x = tid; x < D; x += FU_NT) {
         float v = 0.f;
-        for (int g = 0; g < G; ++g) v += to_f(qb[g * p.sq_h + x]);
+        for (int g = 0; g < G; ++g) {
+            const u16 h = sQ[swz<D>(g, x >> 3) + (x & 7)];
+            v += to_f(*(const T *)&h);
+        }
         qs[x] = v * (p.sigma_c / G);
     }
     __syncthreads();
+    mark(2);
 
-    // 1. Scores of this CTA's slice of candidate blocks.
-    const int j0 = (int)rank * SL, j1 = min(ncand, j0 + SL);
+    // 1. Scores of this CTA's slice of candidate blocks; a warp takes 32 keys per pass.
+    const int j1 = min(ncand, j0 + SL);
     float lmax = -DA_INF;
     {
-        const int kg = lane / LPK, kl = lane % LPK;
         float qf[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) qf[e] = qs[kl * 8 + e];
         const T *pc = (const T *)p.pc + hk * p.sp.head + kl * 8;
-        constexpr int STEP = NW * KPW * U;
-        for (int jb = j0 + warp * KPW * U; jb < j1; jb += STEP) {
-            int pg[U];
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int j = jb + u * KPW + kg;
-                pg[u] = j < j1 ? page_of(p, b, (i64)j * bs) : -1;
-            }
+        for (int jb = j0 + warp * 32; jb < j1; jb += NW * 32) {
             uint4 kv[U];
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 const int j = jb + u * KPW + kg;
                 kv[u] = make_uint4(0, 0, 0, 0);
-                if (pg[u] >= 0) kv[u] = ldg_stream(pc + pg[u] * p.sp.page + ((((i64)j * bs) % p.ps) / bs) * p.sp.slot);
+                if (pg[u] >= 0 && j < j1) kv[u] = ldg_stream(pc + pg[u] * p.sp.page + (bpp ? j % bpp : 0) * p.sp.slot);
             }
+            int pn[U];
+            pass_pages(jb + NW * 32, pn);
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 float kf[8];
@@ -1481,54 +1507,53 @@ __device__ __forceinline__ void dec_fused(const DecParams &p) {
                     zs[j - j0] = zv;
                     lmax = fmaxf(lmax, zv);
                 }
+                pg[u] = pn[u];
             }
         }
     }
     lmax = block_max(lmax, mw);
-    if (tid == 0) *st_max = lmax;
+    cluster_wait();  // every CTA of the cluster has started
+    if (tid < cs) st_dsmem_f(dsmem(rmax + rank, tid), lmax);
+    mark(3);
     cluster_sync();  // #1: every CTA's slice max
+    mark(4);
 
-    // 2. tau (every CTA computes the same value).
+    // 2. tau (every CTA computes the same value from the same pushed values).
     float M = -DA_INF;
-    if (lane < cs) M = ld_dsmem_f(dsmem(st_max, lane));
-    M = warp_max(M);
+    for (int r = 0; r < cs; ++r) M = fmaxf(M, rmax[r]);
     const float alpha = fminf(fmaxf(p.head_alpha ? p.head_alpha[h0 * p.ha_stride] : p.alpha, 1.f), 2.f);
     const bool soft = alpha <= 1.f;
     const float am1 = alpha - 1.f;
-    const int nz = max(0, j1 - j0);
+    const int nz = M > -DA_INF ? max(0, j1 - j0) : 0;
     if (soft) {
         float s = 0.f;
-        if (M > -DA_INF)
-            for (int i = tid; i < nz; i += FU_NT) s += __expf(zs[i] - M);
+        for (int i = tid; i < nz; i += FU_NT) s += __expf(zs[i] - M);
         s = block_sum(s, mw);
-        if (tid == 0) *st_sum = s;
+        if (tid < cs) st_dsmem_f(dsmem(rsum + rank, tid), s);
     } else {
         const float thr = am1 * M - 1.f;
-        const int n = M > -DA_INF ? nz : 0;
-        const int k = fu_compact(n, [&](int i) { return am1 * zs[i] > thr; }, [&](int i, int pos) { cv[pos] = am1 * zs[i]; }, wc);
-        if (tid == 0) *st_cnt = k;
+        float *mine = gb + rank * SL;
+        const int k = fu_compact(
+            nz, [&](int i) { return am1 * zs[i] > thr; },
+            [&](int i, int pos) {
+                const float sv = am1 * zs[i];
+                for (int r = 0; r < cs; ++r) st_dsmem_f(dsmem(mine + pos, r), sv);
+            },
+            wc);
+        if (tid < cs) st_dsmem_i(dsmem(rcnt + rank, tid), k);
     }
+    mark(5);
     cluster_sync();  // #2: candidate lists and counts (or softmax partial sums)
+    mark(6);
+    int nit = 0;
     float tau = -DA_INF;
     if (soft) {
         if (M > -DA_INF) {
             float s = 0.f;
-            for (int r = 0; r < cs; ++r) s += ld_dsmem_f(dsmem(st_sum, r));
+            for (int r = 0; r < cs; ++r) s += rsum[r];
             tau = M + logf(s);
         }
     } else if (M > -DA_INF) {
-        fu_rank_prefix(st_cnt, cpref, cs);
-        __syncthreads();
-        const int total = cpref[cs];
-        const bool local = total <= cap;
-        if (local) {
-            for (int e = tid; e < total; e += FU_NT) {
-                int o = 0;
-                while (o + 1 < cs && cpref[o + 1] <= e) ++o;
-                gb[e] = ld_dsmem_f(dsmem(cv + (e - cpref[o]), o));
-            }
-            __syncthreads();
-        }
         // Newton on g(tau) = ||(s - tau)_+||_k - 1 from tau0 = max s - 1 (as dec_select).
         const float k = 1.f / am1;
         const int kind = am1 == 1.f ? 1 : (am1 == 0.5f ? 2 : 0);
@@ -1536,21 +1561,16 @@ __device__ __forceinline__ void dec_fused(const DecParams &p) {
         for (int it = 0; it < 40; ++it) {
             const float tf = (float)tt;
             double Ms = 0.0, S1 = 0.0;
-            auto acc = [&](float sv) {
-                const float x = sv - tf;
-                if (x > 0.f) {
-                    const float xk1 = kind == 1 ? 1.f : (kind == 2 ? x : powf(x, k - 1.f));
-                    Ms += (double)(xk1 * x);
-                    S1 += (double)xk1;
-                }
-            };
-            if (local) {
-                for (int e = tid; e < total; e += FU_NT) acc(gb[e]);
-            } else {
-                for (int r = 0; r < cs; ++r) {
-                    const int n = cpref[r + 1] - cpref[r];
-                    const u32 base = dsmem(cv, r);
-                    for (int e = tid; e < n; e += FU_NT) acc(ld_dsmem_f(base + 4 * e));
+            for (int r = 0; r < cs; ++r) {
+                const int n = rcnt[r];
+                const float *gr = gb + r * SL;
+                for (int e = tid; e < n; e += FU_NT) {
+                    const float x = gr[e] - tf;
+                    if (x > 0.f) {
+                        const float xk1 = kind == 1 ? 1.f : (kind == 2 ? x : powf(x, k - 1.f));
+                        Ms += (double)(xk1 * x);
+                        S1 += (double)xk1;
+                    }
                 }
             }
 #pragma unroll
@@ -1576,30 +1596,54 @@ __device__ __forceinline__ void dec_fused(const DecParams &p) {
             if (!(Nn > 1.0)) break;
             const double dt = (Nn - 1.0) * Ms / (Nn * S1);
             tt += dt;
+            ++nit;
             if (!(dt > 1e-7 * fmax(1.0, fabs(tt)))) break;
         }
         tau = (float)tt;
     }
+    if (prof) {
+        int tot = 0;
+        for (int r = 0; r < cs; ++r) tot += soft ? 0 : rcnt[r];
+        prof[13] = tot;
+        prof[14] = nit;
+    }
+    mark(7);
 
-    // 3. This CTA's selected blocks (increasing j) and the cluster's tile list.
-    const int nsel_own = M > -DA_INF ? fu_compact(
-                                           nz,
-                                           [&](int i) { return soft ? zs[i] > -DA_INF : am1 * zs[i] - tau > 0.f; },
-                                           [&](int i, int pos) {
-                                               sj[pos] = j0 + i;
-                                               const float x = am1 * zs[i] - tau;
-                                               sb[pos] = soft ? zs[i] - tau : logf(x) / am1;
-                                           },
-                                           wc)
-                                     : 0;
-    if (tid == 0) *st_sel = nsel_own;
+    // 3. This CTA's selected blocks (increasing j); counts to every CTA.
+    const int nsel_own = fu_compact(
+        nz, [&](int i) { return soft ? zs[i] > -DA_INF : am1 * zs[i] - tau > 0.f; },
+        [&](int i, int pos) {
+            sj[pos] = j0 + i;
+            const float x = am1 * zs[i] - tau;
+            sb[pos] = soft ? zs[i] - tau : logf(x) / am1;
+        },
+        wc);
+    if (tid < cs) st_dsmem_i(dsmem(rsel + rank, tid), nsel_own);
     cluster_sync();  // #3: selected lists and counts
-    fu_rank_prefix(st_sel, spref, cs);
+    if (tid == 0) {
+        int a = 0;
+        for (int r = 0; r < cs; ++r) {
+            pref[r] = a;
+            a += rsel[r];
+        }
+        pref[cs] = a;
+    }
     __syncthreads();
-    const int ntiles = nlt + spref[cs] * npb;
+    const int ntiles = nlt + pref[cs] * npb;
     const int np = (int)rank < ntiles ? (ntiles - 1 - (int)rank) / cs + 1 : 0;  // tiles rank, rank + cs, ...
+    // (j, log-prior) of this CTA's selected tiles, one batch of remote loads.
+    for (int i = tid; i < np - nloc_mine; i += FU_NT) {
+        const int pos = (int)rank + (nloc_mine + i) * cs, m = (pos - nlt) / npb;
+        int o = 0;
+        while (o + 1 < cs && pref[o + 1] <= m) ++o;
+        tj[i] = ld_dsmem_i(dsmem(sj + (m - pref[o]), o));
+        tbv[i] = ld_dsmem_f(dsmem(sb + (m - pref[o]), o));
+    }
+    __syncthreads();
+    mark(8);
+    if (prof) prof[15] = (u64)np | ((u64)ntiles << 32);
 
-    // 4. Attention over this CTA's tiles (group k = tile k of the CTA, empty past np).
+    // 4. Attention over this CTA's tiles (commit group k = tile k, empty past np).
     float oacc[NTO][4];
 #pragma unroll
     for (int i = 0; i < NTO; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
@@ -1608,11 +1652,11 @@ __device__ __forceinline__ void dec_fused(const DecParams &p) {
     const int kw = warp * 16;
     int ng = pre ? 1 : 0;
     for (; ng < FU_ST - 1; ++ng) {
-        if (ng < np) issue(rank + ng * cs, ng % FU_ST);
+        if (ng < np) issue(ng, ng % FU_ST);
         else cp_commit();
     }
     for (int i = 0; i < np; ++i) {
-        if (ng < np) issue(rank + ng * cs, ng % FU_ST);
+        if (ng < np) issue(ng, ng % FU_ST);
         else cp_commit();
         ++ng;
         cp_wait<FU_ST - 1>();
@@ -1625,39 +1669,61 @@ __device__ __forceinline__ void dec_fused(const DecParams &p) {
     cp_wait<0>();
     __syncthreads();  // no cp.async in flight into the K/V region wo reuses
     merge_warp_states<D>(oacc, mrow, lrow, wo, wm, wl, mw, hpu, warp, lane);
-    for (int e = tid; e < hpu * D; e += FU_NT) {
-        const int g = e / D, x = e % D;
-        float v = 0.f;
+    // Push: partial lse to every CTA, partial o (float4 e4 of hpu*D/4) to CTA e4 % cs.
+    const int nv = hpu * D / 4, slots = (nv + cs - 1) / cs;
+    for (int e4 = tid; e4 < nv; e4 += FU_NT) {
+        const int g = (e4 * 4) / D, x = (e4 * 4) % D;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-        for (int w = 0; w < 4; ++w) v += wo[(w * 16 + g) * D + x] * mw[g * 4 + w];
-        part_o[e] = v;
+        for (int w = 0; w < 4; ++w) {
+            const float f = mw[g * 4 + w];
+            const float4 a = *(const float4 *)(wo + (w * 16 + g) * D + x);
+            v.x = fmaf(a.x, f, v.x);
+            v.y = fmaf(a.y, f, v.y);
+            v.z = fmaf(a.z, f, v.z);
+            v.w = fmaf(a.w, f, v.w);
+        }
+        st_dsmem_f4(dsmem(recv + rank * slots + e4 / cs, e4 % cs), v);
     }
-    if (tid < hpu) part_l[tid] = mw[64 + tid];
-    cluster_sync();  // #4: every CTA's partial (o, lse)
+    for (int e = tid; e < cs * hpu; e += FU_NT) st_dsmem_f(dsmem(rl + rank * 16 + e % hpu, e / hpu), mw[64 + e % hpu]);
+    mark(9);
+    cluster_sync();  // #4: every partial (o, lse) where it is merged
+    mark(10);
 
-    // 5. Merge by lse: weights per (rank, head) in every CTA, outputs sliced over the cluster.
-    for (int e = tid; e < cs * hpu; e += FU_NT) gl[e] = ld_dsmem_f(dsmem(part_l + e % hpu, e / hpu));
-    __syncthreads();
+    // 5. Merge this CTA's slice by lse, in rank order.
     if (tid < hpu) {
         const int g = tid;
         float mx = -DA_INF;
-        for (int r = 0; r < cs; ++r) mx = fmaxf(mx, gl[r * hpu + g]);
+        for (int r = 0; r < cs; ++r) mx = fmaxf(mx, rl[r * 16 + g]);
         float sum = 0.f;
         if (mx > -DA_INF)
-            for (int r = 0; r < cs; ++r) sum += __expf(gl[r * hpu + g] - mx);
+            for (int r = 0; r < cs; ++r) sum += __expf(rl[r * 16 + g] - mx);
         const float lse = mx > -DA_INF ? mx + logf(sum) : -DA_INF;
-        for (int r = 0; r < cs; ++r) wg[r * hpu + g] = lse > -DA_INF ? __expf(gl[r * hpu + g] - lse) : 0.f;
+        for (int r = 0; r < cs; ++r) wg[r * 16 + g] = lse > -DA_INF ? __expf(rl[r * 16 + g] - lse) : 0.f;
         if (rank == 0 && p.lse) p.lse[b * p.sl_n + (h0 + g) * p.sl_h] = lse;
     }
     __syncthreads();
     T *ob = (T *)p.o + b * p.so_n;
-    for (int e = (int)rank * FU_NT + tid; e < hpu * D; e += cs * FU_NT) {
-        const int g = e / D, x = e % D;
-        float v = 0.f;
-        for (int r = 0; r < cs; ++r) v = fmaf(wg[r * hpu + g], ld_dsmem_f(dsmem(part_o + e, r)), v);
-        ob[(h0 + g) * p.so_h + x] = from_f<T>(v);
+    for (int sl = tid; sl < slots; sl += FU_NT) {
+        const int e4 = sl * cs + (int)rank;
+        if (e4 >= nv) continue;
+        const int g = (e4 * 4) / D, x = (e4 * 4) % D;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int r = 0; r < cs; ++r) {
+            const float f = wg[r * 16 + g];
+            const float4 a = recv[r * slots + sl];
+            v.x = fmaf(f, a.x, v.x);
+            v.y = fmaf(f, a.y, v.y);
+            v.z = fmaf(f, a.z, v.z);
+            v.w = fmaf(f, a.w, v.w);
+        }
+        T *od = ob + (h0 + g) * p.so_h + x;
+        od[0] = from_f<T>(v.x);
+        od[1] = from_f<T>(v.y);
+        od[2] = from_f<T>(v.z);
+        od[3] = from_f<T>(v.w);
     }
-    cluster_sync();  // #5: no CTA leaves while another may still read its shared memory
+    mark(11);
 #endif
 }
 

@@ -33,6 +33,7 @@ ap.add_argument("--reps", type=int, default=10)
 ap.add_argument("--skip", default="")
 ap.add_argument("--profile", action="store_true", help="backward: per-kernel times (torch profiler) and tile-level density")
 ap.add_argument("--kernels", action="store_true", help="decode: per-kernel device times (torch.profiler, eager calls)")
+ap.add_argument("--phases", action="store_true", help="decode: phase timestamps of the fused kernel (DASHATTN_DEC_PROFILE)")
 a = ap.parse_args()
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bindings", "python"))
@@ -252,9 +253,9 @@ def copy_bandwidth():
 
 
 def layered_us(fns, ctx, reps):
-    """Median microseconds per call of fns (one per layer, each on its own buffers) captured
-    back to back in one CUDA graph: a decode step of a model, where no layer finds the
-    previous one's data in L2 and launch latency is paid once per step, not per layer."""
+    """Microseconds per call of fns (one per layer, each on its own buffers) captured back to
+    back in one CUDA graph: a decode step of a model, where no layer finds the previous
+    one's data in L2 and launch latency is paid once per step, not per layer."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -271,7 +272,43 @@ def layered_us(fns, ctx, reps):
             fn()
     if ctx is not None:
         ctx.set_stream(None)
-    return 1e3 * median_ms(g.replay, reps) / len(fns)
+    # Replays back to back (the GPU stays busy, as in serving; an idle GPU between short
+    # replays also lowers its clock): 5 runs of `reps` replays, median.
+    for _ in range(3):
+        g.replay()
+    ts = []
+    for _ in range(5):
+        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        st.record()
+        for _ in range(reps):
+            g.replay()
+        en.record(); en.synchronize()
+        ts.append(st.elapsed_time(en) / reps)
+    ts.sort()
+    return 1e3 * ts[2] / len(fns)
+
+
+PHASES = ["entry", "pdl wait", "q+pre-issue", "scores", "sync1", "compact", "sync2", "tau", "sync3+sel", "attention", "sync4", "merge+store", "sync5"]
+
+
+def fused_phases(fn, n, what):
+    """Phase timestamps of the fused kernel (one eager call): per phase, median and max over
+    CTAs of the time since the earliest CTA's entry (us); candidate counts, Newton steps, tiles."""
+    ctas = 16 * HKV * n
+    buf = torch.zeros(ctas * 16, dtype=torch.int64, device=dev)
+    def run():
+        fn(); torch.cuda.synchronize()
+    with_env("DASHATTN_DEC_FUSED", "1", lambda: with_env("DASHATTN_DEC_PROFILE", str(buf.data_ptr()), run))
+    t = buf.view(-1, 16).cpu()
+    t = t[t[:, 0] > 0]
+    t0 = t[:, 0].min()
+    cols = []
+    for k, name in enumerate(PHASES):
+        d = (t[:, k] - t0).double() / 1e3
+        cols.append(f"{name} {d.median():.1f}/{d.max():.1f}")
+    print(f"#   fused phases ({what}, {t.shape[0]} CTAs, us since first entry, median/max): " + ", ".join(cols), flush=True)
+    print(f"#   fused counts: candidates gathered {t[:, 13].max().item()}, Newton steps {t[:, 14].max().item()}, "
+          f"tiles per CTA max {(t[:, 15] & 0xffffffff).max().item()}, tiles per row {(t[:, 15] >> 32).max().item()}", flush=True)
 
 
 def with_env(var, val, fn):
@@ -290,7 +327,7 @@ def bench_decode():
     bw = copy_bandwidth()
     print(f"\n# device-to-device copy: {bw:.0f} GB/s (read + write)")
     print("\n## Decode (one token per sequence, Hq=32, Hkv=8, D=128, B=64, bf16, pages of 64)\n")
-    print("Per-layer times: `layers` decode calls on distinct caches captured in one graph (median replay / layers);")
+    print("Per-layer times: `layers` decode calls on distinct caches captured in one graph, replayed back to back (time / replays / layers);")
     print("single: one call per graph replay (includes the replay's launch latency). dash = the default path;")
     print("fused / 3-kernel: forced with DASHATTN_DEC_FUSED=1 / 0 (per layer).\n")
     print("| batch | context | kscale | block sparsity | layers | dash us | dash single us | fused us | 3-kernel us | cuDNN us | cuDNN single us | flash us | x cuDNN | x cuDNN single | x flash | GB/s on bytes read | % of copy |")
@@ -362,6 +399,9 @@ def bench_decode():
                       f"{gbs:18.0f} | {100*gbs/bw:8.1f}% |", flush=True)
                 if a.kernels:
                     print(f"#   kernels (n={n}, L={L}, kscale={ks:g}): {kernel_times(fns[0])}", flush=True)
+                    print(f"#   kernels 3-kernel path: {with_env('DASHATTN_DEC_FUSED', '0', lambda: kernel_times(fns[0]))}", flush=True)
+                if a.phases:
+                    fused_phases(fns[0], n, f"n={n} L={L} kscale={ks:g}")
                 ctx.close()
                 del k, v, q, pooled, o, qd, layers, fns
                 torch.cuda.empty_cache()

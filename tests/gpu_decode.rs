@@ -129,12 +129,12 @@ struct Case {
 
 /// The kernel paths a case runs: the three-kernel path, and where the fused cluster
 /// kernel applies (q_len = 1, one selection unit per KV head, D 64/128; sm_90+) the fused
-/// kernel with its default gather capacity and with a capacity of 3 candidates (the tau
-/// solve then reads the other CTAs' candidate lists in place).
+/// kernel with the cluster size chosen from the shape and with clusters of 3 CTAs (other
+/// slices, several tiles per CTA).
 fn modes(c: &Case) -> Vec<FusedMode> {
     let fusable = c.q_len == 1 && (c.sel == Selection::PerGroup || c.hq == c.hkv) && (c.d == 64 || c.d == 128);
     if fusable {
-        vec![FusedMode::Off, FusedMode::On { cap: 0 }, FusedMode::On { cap: 3 }]
+        vec![FusedMode::Off, FusedMode::On { cs: 0 }, FusedMode::On { cs: 3 }]
     } else {
         vec![FusedMode::Auto]
     }

@@ -66,10 +66,11 @@ struct DecParams {
     nitems: u64,
     wchunk: i32,
     flags: i32,
-    fcap: i32,
     fpad: i32,
+    ftl: i32,
+    prof: u64,
 }
-const _: () = assert!(std::mem::size_of::<DecParams>() == 432);
+const _: () = assert!(std::mem::size_of::<DecParams>() == 440);
 
 /// Mirror of `struct MergeParams` in kernels/decode.cu.
 #[repr(C)]
@@ -139,6 +140,11 @@ fn attn_smem(d: usize) -> usize {
     2 * 2 * 64 * d * 2 + 16 * d * 2 + 2 * 64 * 4 + 2 * 64 * 4 + 16 * 64 * 4 + 16
 }
 
+/// 16-byte aligned rows of 16-bit elements: base pointer and every outer stride.
+fn aligned16(t: &Tensor) -> bool {
+    t.ptr.is_multiple_of(16) && t.strides[3] == 1 && t.strides[..3].iter().all(|&s| s % 8 == 0)
+}
+
 /// The v2 kernels need D in {64, 128}, at most 16 heads per selection unit, 16-byte
 /// aligned K/V/pooled rows (base pointers and page/slot/head strides) and the shared memory
 /// for the score kernel's query rows. Anything else takes the generic v1 kernels.
@@ -148,7 +154,7 @@ fn fast_path(dev: &CudaDevice, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, hpu
         return false;
     }
     let p = &d.paged;
-    let aligned = |t: &Tensor| t.ptr.is_multiple_of(16) && t.strides[3] == 1 && t.strides[..3].iter().all(|&s| s % 8 == 0);
+    let aligned = aligned16;
     let rows = if cfg.selection == Selection::PerHead { d.group * d.q_len } else { d.q_len };
     let optin = dev.props.smem_optin.max(48 * 1024) as usize;
     (p.d == 64 || p.d == 128)
@@ -161,14 +167,14 @@ fn fast_path(dev: &CudaDevice, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, hpu
 }
 
 /// Which decode kernels a call runs: the fused cluster kernel where it applies (`Auto`, the
-/// default), never (`Off`), or whenever it can run (`On`; `cap` > 0 also sets how many
-/// candidates its tau solve gathers before it switches to reading them in place). Per
-/// thread, for tests and benchmarks; DASHATTN_DEC_FUSED=0 / 1 sets Off / On for `Auto`.
+/// default), never (`Off`), or whenever it can run (`On`; `cs` > 0 also sets the cluster
+/// size, 1..=16, instead of the one chosen from the shape). Per thread, for tests and
+/// benchmarks; DASHATTN_DEC_FUSED=0 / 1 sets Off / On for `Auto`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FusedMode {
     Auto,
     Off,
-    On { cap: usize },
+    On { cs: usize },
 }
 
 thread_local! {
@@ -180,22 +186,23 @@ pub fn set_fused_mode(m: FusedMode) {
     FUSED_MODE.with(|c| c.set(m));
 }
 
-/// The fused kernel's launch: cluster size, candidate blocks per CTA, gather capacity and
-/// dynamic shared memory.
+/// The fused kernel's launch: cluster size, candidate blocks per CTA, selected-tile list
+/// capacity per CTA and dynamic shared memory.
 struct Fused {
     cs: usize,
     sl: usize,
-    cap: usize,
+    tl: usize,
     smem: usize,
     func: sys::CUfunction,
 }
 
 /// Shared memory of the fused kernel: mirrors `fu_layout` in kernels/decode.cu (FU_ST = 2
-/// K/V stages of 64 keys).
-fn fused_smem(d: usize, sl: usize, cap: usize) -> usize {
+/// K/V stages of 64 keys; the candidate array is [cs][sl]).
+fn fused_smem(d: usize, sl: usize, tl: usize, cs: usize) -> usize {
     const ST: usize = 2;
-    let fixed_words = 16 + 64 + 64 + 128 + 256 + 256 + 4 + 4 + ST * 64 + 4 + 32 + 32 + 4;
-    2 * ST * 64 * d * 2 + 16 * d * 2 + 16 * 8 + d * 4 + 16 * d * 4 + fixed_words * 4 + (4 * sl + cap) * 4
+    let kvq = 2 * ST * 64 * d * 2 + 16 * d * 2;
+    let fixed = 16 * 8 + (16 * d * 4 + 256) + d * 4 + (256 + 64 + 64 + 128 + 256 + 4 + 4 + ST * 64 + 4 + 4 * 16 + 32) * 4;
+    kvq + fixed + (3 * sl + 2 * tl + cs * sl) * 4
 }
 
 /// Cached `cluster_fits` answers per (kernel, cluster size, shared memory).
@@ -222,7 +229,7 @@ fn fused_plan(dev: &CudaDevice, kern: &super::module::Kernels, s: &str, cfg: &Co
     if mode == FusedMode::Auto {
         match std::env::var("DASHATTN_DEC_FUSED").as_deref() {
             Ok("0") => mode = FusedMode::Off,
-            Ok("1") => mode = FusedMode::On { cap: 0 },
+            Ok("1") => mode = FusedMode::On { cs: 0 },
             _ => {}
         }
     }
@@ -231,6 +238,7 @@ fn fused_plan(dev: &CudaDevice, kern: &super::module::Kernels, s: &str, cfg: &Co
         && dev.props.cc_major >= 9
         && d.q_len == 1
         && (cfg.selection == Selection::PerGroup || d.group == 1)
+        && aligned16(&a.q)
         && fast_path(dev, cfg, d, a, pl.hpu);
     if !eligible {
         return Ok(None);
@@ -241,21 +249,28 @@ fn fused_plan(dev: &CudaDevice, kern: &super::module::Kernels, s: &str, cfg: &Co
     while cs < 16 && pairs * cs * 2 <= sm {
         cs *= 2;
     }
-    if mode == FusedMode::Auto {
-        // first version measured slower than the three-kernel path (H200, 128k): opt-in only
+    if mode == FusedMode::Auto && cs < 4 {
         return Ok(None);
     }
-    let cap = match mode {
-        FusedMode::On { cap } if cap > 0 => cap,
-        _ => pl.nbmax.min(1024),
-    };
+    if let FusedMode::On { cs: c } = mode {
+        if c > 0 {
+            cs = c.min(16);
+        }
+    }
+    if let Some(c) = std::env::var("DASHATTN_DEC_FUSED_CS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        cs = c.clamp(1, 16); // developer A/B of the cluster size
+    }
+    let npb = (cfg.block_size / 64).max(1);
     let func = kern.function(kname(if p.d == 64 { "fused64" } else { "fused128" }, s))?;
     let optin = dev.props.smem_optin.max(48 * 1024) as usize;
     while cs >= 1 {
         let sl = pl.nbmax.div_ceil(cs);
-        let smem = fused_smem(p.d, sl, cap);
+        let tl = (pl.nbmax * npb).div_ceil(cs) + 1;
+        // DASHATTN_DEC_FUSED_PAD: extra shared memory per CTA (developer A/B of CTAs per SM)
+        let pad = std::env::var("DASHATTN_DEC_FUSED_PAD").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+        let smem = fused_smem(p.d, sl, tl, cs) + pad;
         if smem <= optin && cluster_fits_cached(func, smem, cs) {
-            return Ok(Some(Fused { cs, sl, cap, smem, func }));
+            return Ok(Some(Fused { cs, sl, tl, smem, func }));
         }
         cs /= 2;
     }
@@ -392,7 +407,9 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     if let Some(fu) = fused_plan(dev, kern, s, cfg, d, a, &pl)? {
         // One cluster launch does the whole step (no workspace used).
         dp.cb = fu.sl as i32;
-        dp.fcap = fu.cap as i32;
+        dp.ftl = fu.tl as i32;
+        // Developer timing: a device address of 16 u64 per CTA (phase timestamps, counts).
+        dp.prof = std::env::var("DASHATTN_DEC_PROFILE").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
         return unsafe { launch_cluster(fu.func, (fu.cs, p.hkv, p.n), 128, fu.smem, fu.cs, cstream, &dp, pdl, "cuLaunchKernelEx(dash_dec_fused)") };
     }
     let scratch = DeviceScratch::new(ws, pl.layout.total, stream, "cuMemAllocAsync (decode workspace)")?;
