@@ -33,7 +33,6 @@ ap.add_argument("--reps", type=int, default=10)
 ap.add_argument("--skip", default="")
 ap.add_argument("--profile", action="store_true", help="backward: per-kernel times (torch profiler) and tile-level density")
 ap.add_argument("--kernels", action="store_true", help="decode: per-kernel device times (torch.profiler, eager calls)")
-ap.add_argument("--phases", action="store_true", help="decode: phase timestamps of the fused kernel (DASHATTN_DEC_PROFILE)")
 a = ap.parse_args()
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bindings", "python"))
@@ -288,56 +287,21 @@ def layered_us(fns, ctx, reps):
     return 1e3 * ts[2] / len(fns)
 
 
-PHASES = ["entry", "pdl wait", "q+pre-issue", "scores", "sync1", "compact", "sync2", "tau", "sync3+sel", "attention", "sync4", "merge+store", "sync5"]
-
-
-def fused_phases(fn, n, what):
-    """Phase timestamps of the fused kernel (one eager call): per phase, median and max over
-    CTAs of the time since the earliest CTA's entry (us); candidate counts, Newton steps, tiles."""
-    ctas = 16 * HKV * n
-    buf = torch.zeros(ctas * 16, dtype=torch.int64, device=dev)
-    def run():
-        fn(); torch.cuda.synchronize()
-    with_env("DASHATTN_DEC_FUSED", "1", lambda: with_env("DASHATTN_DEC_PROFILE", str(buf.data_ptr()), run))
-    t = buf.view(-1, 16).cpu()
-    t = t[t[:, 0] > 0]
-    t0 = t[:, 0].min()
-    cols = []
-    for k, name in enumerate(PHASES):
-        d = (t[:, k] - t0).double() / 1e3
-        cols.append(f"{name} {d.median():.1f}/{d.max():.1f}")
-    print(f"#   fused phases ({what}, {t.shape[0]} CTAs, us since first entry, median/max): " + ", ".join(cols), flush=True)
-    print(f"#   fused counts: candidates gathered {t[:, 13].max().item()}, Newton steps {t[:, 14].max().item()}, "
-          f"tiles per CTA max {(t[:, 15] & 0xffffffff).max().item()}, tiles per row {(t[:, 15] >> 32).max().item()}", flush=True)
-
-
-def with_env(var, val, fn):
-    old = os.environ.get(var)
-    os.environ[var] = val
-    try:
-        return fn()
-    finally:
-        if old is None:
-            del os.environ[var]
-        else:
-            os.environ[var] = old
-
-
 def bench_decode():
     bw = copy_bandwidth()
     print(f"\n# device-to-device copy: {bw:.0f} GB/s (read + write)")
     print("\n## Decode (one token per sequence, Hq=32, Hkv=8, D=128, B=64, bf16, pages of 64)\n")
     print("Per-layer times: `layers` decode calls on distinct caches captured in one graph, replayed back to back (time / replays / layers);")
-    print("single: one call per graph replay (includes the replay's launch latency). dash = the default path;")
-    print("fused / 3-kernel: forced with DASHATTN_DEC_FUSED=1 / 0 (per layer).\n")
-    print("| batch | context | kscale | block sparsity | layers | dash us | dash single us | fused us | 3-kernel us | cuDNN us | cuDNN single us | flash us | x cuDNN | x cuDNN single | x flash | GB/s on bytes read | % of copy |")
-    print("|------:|--------:|-------:|---------------:|-------:|--------:|---------------:|---------:|------------:|---------:|----------------:|---------:|--------:|---------------:|--------:|-------------------:|----------:|")
+    print("single: one call per graph replay, each replay timed alone (includes the replay's launch latency).")
+    print("Bandwidth: the bytes our decode must read (pooled keys of all candidates, K/V of selected + local blocks, q, o) per dash us.\n")
+    print("| batch | context | kscale | block sparsity | layers | dash us | dash single us | cuDNN us | cuDNN single us | flash us | x cuDNN | x cuDNN single | x flash | GB/s on bytes read | % of copy |")
+    print("|------:|--------:|-------:|---------------:|-------:|--------:|---------------:|---------:|----------------:|---------:|--------:|---------------:|--------:|-------------------:|----------:|")
     sigma = 1 / math.sqrt(D)
     for n in [int(x) for x in a.batches.split(",")]:
         for L in [int(x) for x in a.dec_lens.split(",")]:
             kv_bytes = n * L * HKV * D * 2 * 2
             if kv_bytes > 40e9:
-                print(f"| {n:5d} | {L:7d} | (skipped: {kv_bytes/1e9:.0f} GB of K/V) |||||||||||||||")
+                print(f"| {n:5d} | {L:7d} | (skipped: {kv_bytes/1e9:.0f} GB of K/V) |||||||||||||")
                 continue
             for ks in [float(x) for x in a.kscale.split(",")]:
                 T, k, v = topics(n, L, ks)
@@ -369,14 +333,10 @@ def bench_decode():
                 layers = [(k, v, pooled)] + [(k.clone(), v.clone(), pooled.clone()) for _ in range(nl - 1)]
                 o = torch.empty_like(q)
 
-                def dash_fns():
-                    return [(lambda kk=kk, vv=vv, pp=pp: dashattn.decode(q, kk.view(pages, ps, HKV, D), vv.view(pages, ps, HKV, D), pp, table, lens,
-                                                                          alpha=ALPHA, block_size=B, context=ctx, out=o)) for kk, vv, pp in layers]
-                fns = dash_fns()
+                fns = [(lambda kk=kk, vv=vv, pp=pp: dashattn.decode(q, kk.view(pages, ps, HKV, D), vv.view(pages, ps, HKV, D), pp, table, lens,
+                                                                     alpha=ALPHA, block_size=B, context=ctx, out=o)) for kk, vv, pp in layers]
                 us = layered_us(fns, ctx, a.reps)
                 us1 = graph_us(fns[0], ctx, a.reps)
-                us_fu = with_env("DASHATTN_DEC_FUSED", "1", lambda: layered_us(dash_fns(), ctx, a.reps))
-                us_3k = with_env("DASHATTN_DEC_FUSED", "0", lambda: layered_us(dash_fns(), ctx, a.reps))
                 qd = q.transpose(1, 2)
                 base, base1 = {}, {}
                 for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
@@ -394,14 +354,12 @@ def bench_decode():
                         print(f"# SDPA {name} n={n} L={L}: {str(ex)[:120]}", file=sys.stderr)
                         base[name] = base1[name] = float("nan")
                 gbs = bytes_read / (us * 1e-6) / 1e9
-                print(f"| {n:5d} | {L:7d} | {ks:6g} | {100*sparsity:13.2f}% | {nl:6d} | {us:7.1f} | {us1:14.1f} | {us_fu:8.1f} | {us_3k:11.1f} | {base['cudnn']:8.1f} | "
+                print(f"| {n:5d} | {L:7d} | {ks:6g} | {100*sparsity:13.2f}% | {nl:6d} | {us:7.1f} | {us1:14.1f} | {base['cudnn']:8.1f} | "
                       f"{base1['cudnn']:15.1f} | {base['flash']:8.1f} | {base['cudnn']/us:7.2f} | {base1['cudnn']/us1:14.2f} | {base['flash']/us:7.2f} | "
                       f"{gbs:18.0f} | {100*gbs/bw:8.1f}% |", flush=True)
                 if a.kernels:
                     print(f"#   kernels (n={n}, L={L}, kscale={ks:g}): {kernel_times(fns[0])}", flush=True)
-                    print(f"#   kernels 3-kernel path: {with_env('DASHATTN_DEC_FUSED', '0', lambda: kernel_times(fns[0]))}", flush=True)
-                if a.phases:
-                    fused_phases(fns[0], n, f"n={n} L={L} kscale={ks:g}")
+
                 ctx.close()
                 del k, v, q, pooled, o, qd, layers, fns
                 torch.cuda.empty_cache()

@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use dashattn::api;
-use dashattn::cuda::decode::{set_fused_mode, FusedMode};
 use dashattn::cuda::util::{device, DeviceBuffer, Stream};
 use dashattn::ffi::types::DASHATTN_BACKEND_CUDA;
 use dashattn::params::{DecodeArgs, MergeArgs, PoolPagedArgs};
@@ -127,19 +126,6 @@ struct Case {
     graph: bool,
 }
 
-/// The kernel paths a case runs: the three-kernel path, and where the fused cluster
-/// kernel applies (q_len = 1, one selection unit per KV head, D 64/128; sm_90+) the fused
-/// kernel with the cluster size chosen from the shape and with clusters of 3 CTAs (other
-/// slices, several tiles per CTA).
-fn modes(c: &Case) -> Vec<FusedMode> {
-    let fusable = c.q_len == 1 && (c.sel == Selection::PerGroup || c.hq == c.hkv) && (c.d == 64 || c.d == 128);
-    if fusable {
-        vec![FusedMode::Off, FusedMode::On { cs: 0 }, FusedMode::On { cs: 3 }]
-    } else {
-        vec![FusedMode::Auto]
-    }
-}
-
 fn run_case(gpu: &Context, rng: &mut Rng, cs_: &Case) -> f64 {
     let dev = device(gpu).unwrap();
     let cpu = cpu();
@@ -220,55 +206,49 @@ fn run_case(gpu: &Context, rng: &mut Rng, cs_: &Case) -> f64 {
         o: dev_t(&dout, dt, &qsh),
         lse: Some(dev_t(&dlse, DType::F32, &[n, hq, q_len])),
     };
-    let mut worst = 0.0f64;
-    for mode in modes(cs_) {
-        set_fused_mode(mode);
-        dout.fill_u32(0x7fc0_7fc0).unwrap();
-        unsafe { api::decode(gpu, &cfg, &ga, Workspace::none()) }.unwrap();
-        let mut o_gpu = vec![0u16; q.len()];
-        dout.download(&mut o_gpu).unwrap();
-        let mut lse_gpu = vec![0f32; n * hq * q_len];
-        dlse.download(&mut lse_gpu).unwrap();
-        let err = rel(&vals_as(&o_gpu, dt), &o_ref);
-        let lerr = lse_gpu.iter().zip(&lse_ref).map(|(&a, &b)| if a as f64 == b { 0.0 } else { (a as f64 - b).abs() }).fold(0.0, f64::max);
-        let maxlen = lens.iter().max().unwrap();
-        eprintln!(
-            "decode {} n {n} maxlen {maxlen} hq {hq} hkv {hkv} d {d} B {bs} page {ps} {sel:?} q_len {q_len} {mode:?}: rel L2 o {err:.2e}, max |lse diff| {lerr:.2e}",
-            dt.name()
-        );
-        let tol = if dt == DType::F16 { 2e-3 } else { 1e-2 };
-        assert!(err <= tol, "decode ({mode:?}) rel L2 {err:e}");
-        assert!(lerr <= 1e-2, "decode ({mode:?}) lse diff {lerr:e}");
-        worst = worst.max(err);
-        if !graph {
-            continue;
-        }
-        // Graph: capture one decode with a caller workspace, replay with new lengths.
-        let need = api::decode_workspace_size(gpu, &cfg, &ga.q, &ga.k_cache, &ga.pooled_cache, &ga.block_table, &ga.seq_lens).unwrap();
-        let ws = DeviceBuffer::new(dev, need).unwrap();
-        let stream = Stream::new(dev).unwrap();
-        let mut gctx = Context::new(&Options { backend: DASHATTN_BACKEND_CUDA, ..Options::default() }).unwrap();
-        gctx.stream = stream.handle();
-        let wsd = Workspace { ptr: ws.ptr as usize, len: need };
-        let g = stream.capture(|| unsafe { api::decode(&gctx, &cfg, &ga, wsd) }).unwrap();
-        let lens2: Vec<i32> = c.lens.iter().map(|&l| (l - 7).max(q_len as i32)).collect();
-        for lens_now in [&c.lens, &lens2] {
-            dlens.upload(lens_now).unwrap();
-            dout.fill_u32(0x7fc0_7fc0).unwrap();
-            g.launch(&stream).unwrap();
-            stream.sync().unwrap();
-            let mut og = vec![0u16; q.len()];
-            dout.download(&mut og).unwrap();
-            // Eager run on the same lengths for comparison.
-            unsafe { api::decode(gpu, &cfg, &ga, Workspace::none()) }.unwrap();
-            let mut oe = vec![0u16; q.len()];
-            dout.download(&mut oe).unwrap();
-            assert_eq!(og, oe, "graph replay differs from an eager run ({mode:?})");
-        }
-        dlens.upload(&c.lens).unwrap();
+    dout.fill_u32(0x7fc0_7fc0).unwrap();
+    unsafe { api::decode(gpu, &cfg, &ga, Workspace::none()) }.unwrap();
+    let mut o_gpu = vec![0u16; q.len()];
+    dout.download(&mut o_gpu).unwrap();
+    let mut lse_gpu = vec![0f32; n * hq * q_len];
+    dlse.download(&mut lse_gpu).unwrap();
+    let err = rel(&vals_as(&o_gpu, dt), &o_ref);
+    let lerr = lse_gpu.iter().zip(&lse_ref).map(|(&a, &b)| if a as f64 == b { 0.0 } else { (a as f64 - b).abs() }).fold(0.0, f64::max);
+    let maxlen = lens.iter().max().unwrap();
+    eprintln!(
+        "decode {} n {n} maxlen {maxlen} hq {hq} hkv {hkv} d {d} B {bs} page {ps} {sel:?} q_len {q_len}: rel L2 o {err:.2e}, max |lse diff| {lerr:.2e}",
+        dt.name()
+    );
+    let tol = if dt == DType::F16 { 2e-3 } else { 1e-2 };
+    assert!(err <= tol, "decode rel L2 {err:e}");
+    assert!(lerr <= 1e-2, "decode lse diff {lerr:e}");
+    if !graph {
+        return err;
     }
-    set_fused_mode(FusedMode::Auto);
-    worst
+    // Graph: capture one decode with a caller workspace, replay with new lengths.
+    let need = api::decode_workspace_size(gpu, &cfg, &ga.q, &ga.k_cache, &ga.pooled_cache, &ga.block_table, &ga.seq_lens).unwrap();
+    let ws = DeviceBuffer::new(dev, need).unwrap();
+    let stream = Stream::new(dev).unwrap();
+    let mut gctx = Context::new(&Options { backend: DASHATTN_BACKEND_CUDA, ..Options::default() }).unwrap();
+    gctx.stream = stream.handle();
+    let wsd = Workspace { ptr: ws.ptr as usize, len: need };
+    let graph = stream.capture(|| unsafe { api::decode(&gctx, &cfg, &ga, wsd) }).unwrap();
+    let lens2: Vec<i32> = c.lens.iter().map(|&l| (l - 7).max(q_len as i32)).collect();
+    for lens_now in [&c.lens, &lens2] {
+        dlens.upload(lens_now).unwrap();
+        dout.fill_u32(0x7fc0_7fc0).unwrap();
+        graph.launch(&stream).unwrap();
+        stream.sync().unwrap();
+        let mut og = vec![0u16; q.len()];
+        dout.download(&mut og).unwrap();
+        // Eager run on the same lengths for comparison.
+        unsafe { api::decode(gpu, &cfg, &ga, Workspace::none()) }.unwrap();
+        let mut oe = vec![0u16; q.len()];
+        dout.download(&mut oe).unwrap();
+        assert_eq!(og, oe, "graph replay differs from an eager run");
+    }
+    dlens.upload(&c.lens).unwrap();
+    err
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use cudarc::driver::sys;
 
-use super::launch::{launch, launch_cluster, launch_pdl, s3, DeviceScratch, Layout};
+use super::launch::{launch, launch_pdl, s3, DeviceScratch, Layout};
 use super::CudaDevice;
 use crate::dtype::DType;
 use crate::error::{bail, Result};
@@ -66,11 +66,8 @@ struct DecParams {
     nitems: u64,
     wchunk: i32,
     flags: i32,
-    fpad: i32,
-    ftl: i32,
-    prof: u64,
 }
-const _: () = assert!(std::mem::size_of::<DecParams>() == 440);
+const _: () = assert!(std::mem::size_of::<DecParams>() == 424);
 
 /// Mirror of `struct MergeParams` in kernels/decode.cu.
 #[repr(C)]
@@ -126,11 +123,7 @@ fn kname(base: &str, s: &str) -> &'static str {
         ("attn64", "bf16") => "dash_dec_attn_d64_bf16",
         ("attn64", _) => "dash_dec_attn_d64_f16",
         ("attn128", "bf16") => "dash_dec_attn_d128_bf16",
-        ("attn128", _) => "dash_dec_attn_d128_f16",
-        ("fused64", "bf16") => "dash_dec_fused_d64_bf16",
-        ("fused64", _) => "dash_dec_fused_d64_f16",
-        ("fused128", "bf16") => "dash_dec_fused_d128_bf16",
-        _ => "dash_dec_fused_d128_f16",
+        _ => "dash_dec_attn_d128_f16",
     }
 }
 
@@ -138,11 +131,6 @@ fn kname(base: &str, s: &str) -> &'static str {
 fn attn_smem(d: usize) -> usize {
     // K, V [2][64][D] + Q [16][D] (16-bit), ok [2][64], m/l [4][16] each, weights [16][64], flag
     2 * 2 * 64 * d * 2 + 16 * d * 2 + 2 * 64 * 4 + 2 * 64 * 4 + 16 * 64 * 4 + 16
-}
-
-/// 16-byte aligned rows of 16-bit elements: base pointer and every outer stride.
-fn aligned16(t: &Tensor) -> bool {
-    t.ptr.is_multiple_of(16) && t.strides[3] == 1 && t.strides[..3].iter().all(|&s| s % 8 == 0)
 }
 
 /// The v2 kernels need D in {64, 128}, at most 16 heads per selection unit, 16-byte
@@ -154,7 +142,7 @@ fn fast_path(dev: &CudaDevice, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, hpu
         return false;
     }
     let p = &d.paged;
-    let aligned = aligned16;
+    let aligned = |t: &Tensor| t.ptr.is_multiple_of(16) && t.strides[3] == 1 && t.strides[..3].iter().all(|&s| s % 8 == 0);
     let rows = if cfg.selection == Selection::PerHead { d.group * d.q_len } else { d.q_len };
     let optin = dev.props.smem_optin.max(48 * 1024) as usize;
     (p.d == 64 || p.d == 128)
@@ -164,117 +152,6 @@ fn fast_path(dev: &CudaDevice, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, hpu
         && aligned(&a.pooled_cache)
         && rows * p.d * 4 <= optin
         && attn_smem(p.d) <= optin
-}
-
-/// Which decode kernels a call runs: the fused cluster kernel where it applies (`Auto`, the
-/// default), never (`Off`), or whenever it can run (`On`; `cs` > 0 also sets the cluster
-/// size, 1..=16, instead of the one chosen from the shape). Per thread, for tests and
-/// benchmarks; DASHATTN_DEC_FUSED=0 / 1 sets Off / On for `Auto`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FusedMode {
-    Auto,
-    Off,
-    On { cs: usize },
-}
-
-thread_local! {
-    static FUSED_MODE: std::cell::Cell<FusedMode> = const { std::cell::Cell::new(FusedMode::Auto) };
-}
-
-/// Sets this thread's `FusedMode` (see there).
-pub fn set_fused_mode(m: FusedMode) {
-    FUSED_MODE.with(|c| c.set(m));
-}
-
-/// The fused kernel's launch: cluster size, candidate blocks per CTA, selected-tile list
-/// capacity per CTA and dynamic shared memory.
-struct Fused {
-    cs: usize,
-    sl: usize,
-    tl: usize,
-    smem: usize,
-    func: sys::CUfunction,
-}
-
-/// Shared memory of the fused kernel: mirrors `fu_layout` in kernels/decode.cu (FU_ST = 2
-/// K/V stages of 64 keys; the candidate array is [cs][sl]).
-fn fused_smem(d: usize, sl: usize, tl: usize, cs: usize) -> usize {
-    const ST: usize = 2;
-    let kvq = 2 * ST * 64 * d * 2 + 16 * d * 2;
-    let fixed = 16 * 8 + (16 * d * 4 + 256) + d * 4 + (256 + 64 + 64 + 128 + 256 + 4 + 4 + ST * 64 + 4 + 4 * 16 + 32) * 4;
-    kvq + fixed + (3 * sl + 2 * tl + cs * sl) * 4
-}
-
-/// Cached `cluster_fits` answers per (kernel, cluster size, shared memory).
-fn cluster_fits_cached(f: sys::CUfunction, smem: usize, cs: usize) -> bool {
-    static FITS: std::sync::Mutex<Vec<(usize, usize, usize, bool)>> = std::sync::Mutex::new(Vec::new());
-    let key = (f as usize, cs, smem);
-    let mut v = FITS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&(_, _, _, ok)) = v.iter().find(|e| (e.0, e.1, e.2) == key) {
-        return ok;
-    }
-    let ok = super::launch::cluster_fits(f, 128, smem, cs);
-    v.push((key.0, key.1, key.2, ok));
-    ok
-}
-
-/// The fused cluster kernel applies to plain decode (q_len = 1) with one selection unit
-/// per KV head (per-group selection, or G = 1) on the v2 fast path, on sm_90+. It runs
-/// when the batch is small enough that a cluster of at least 2 CTAs per (sequence, KV
-/// head) fits the SMs (there it is latency-bound, and one launch with no global round
-/// trips wins); larger batches take the three-kernel path. Shapes only: graph replays
-/// see the same choice.
-fn fused_plan(dev: &CudaDevice, kern: &super::module::Kernels, s: &str, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, pl: &Plan) -> Result<Option<Fused>> {
-    let mut mode = FUSED_MODE.with(|c| c.get());
-    if mode == FusedMode::Auto {
-        match std::env::var("DASHATTN_DEC_FUSED").as_deref() {
-            Ok("0") => mode = FusedMode::Off,
-            Ok("1") => mode = FusedMode::On { cs: 0 },
-            _ => {}
-        }
-    }
-    let p = &d.paged;
-    let eligible = mode != FusedMode::Off
-        && dev.props.cc_major >= 9
-        && d.q_len == 1
-        && (cfg.selection == Selection::PerGroup || d.group == 1)
-        && aligned16(&a.q)
-        && fast_path(dev, cfg, d, a, pl.hpu);
-    if !eligible {
-        return Ok(None);
-    }
-    let sm = dev.props.sm_count.max(1) as usize;
-    let pairs = p.n * p.hkv;
-    let mut cs = 1;
-    while cs < 16 && pairs * cs * 2 <= sm {
-        cs *= 2;
-    }
-    if mode == FusedMode::Auto && cs < 4 {
-        return Ok(None);
-    }
-    if let FusedMode::On { cs: c } = mode {
-        if c > 0 {
-            cs = c.min(16);
-        }
-    }
-    if let Some(c) = std::env::var("DASHATTN_DEC_FUSED_CS").ok().and_then(|v| v.parse::<usize>().ok()) {
-        cs = c.clamp(1, 16); // developer A/B of the cluster size
-    }
-    let npb = (cfg.block_size / 64).max(1);
-    let func = kern.function(kname(if p.d == 64 { "fused64" } else { "fused128" }, s))?;
-    let optin = dev.props.smem_optin.max(48 * 1024) as usize;
-    while cs >= 1 {
-        let sl = pl.nbmax.div_ceil(cs);
-        let tl = (pl.nbmax * npb).div_ceil(cs) + 1;
-        // DASHATTN_DEC_FUSED_PAD: extra shared memory per CTA (developer A/B of CTAs per SM)
-        let pad = std::env::var("DASHATTN_DEC_FUSED_PAD").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-        let smem = fused_smem(p.d, sl, tl, cs) + pad;
-        if smem <= optin && cluster_fits_cached(func, smem, cs) {
-            return Ok(Some(Fused { cs, sl, tl, smem, func }));
-        }
-        cs /= 2;
-    }
-    Ok(None)
 }
 
 struct Plan {
@@ -379,6 +256,9 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     }
     let _g = dev.bind()?;
     let kern = dev.kernels()?;
+    let scratch = DeviceScratch::new(ws, pl.layout.total, stream, "cuMemAllocAsync (decode workspace)")?;
+    let stream = stream as sys::CUstream;
+    let at = |i: usize| scratch.base + pl.layout.offsets[i] as u64;
     let (sigma, sigma_c) = cfg.scales(p.d);
     let mut dp = cache_params(p, &a.k_cache, &a.pooled_cache, &a.block_table, &a.seq_lens, cfg);
     dp.q = a.q.ptr as u64;
@@ -389,32 +269,6 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.ha_stride = a.head_alpha.map_or(0, |t| t.strides[0] as i64);
     dp.o = a.o.ptr as u64;
     dp.so = s3(&a.o);
-    dp.lse = a.lse.map_or(0, |t| t.ptr as u64);
-    dp.sl = a.lse.as_ref().map_or([0; 3], s3);
-    dp.q_len = d.q_len as i32;
-    dp.hq = d.hq as i32;
-    dp.nbmax = pl.nbmax as i32;
-    dp.per_head = (cfg.selection == Selection::PerHead) as i32;
-    dp.group = d.group as i32;
-    dp.splits = pl.splits as i32;
-    dp.alpha = cfg.alpha;
-    dp.sigma = sigma as f32;
-    dp.sigma_c = sigma_c as f32;
-    // Programmatic dependent launch on sm_90+ (each kernel waits on the previous grid
-    // before it reads anything); DASHATTN_NO_PDL=1 turns it off.
-    let pdl = dev.props.cc_major >= 9 && !std::env::var("DASHATTN_NO_PDL").is_ok_and(|v| v == "1");
-    let cstream = stream as sys::CUstream;
-    if let Some(fu) = fused_plan(dev, kern, s, cfg, d, a, &pl)? {
-        // One cluster launch does the whole step (no workspace used).
-        dp.cb = fu.sl as i32;
-        dp.ftl = fu.tl as i32;
-        // Developer timing: a device address of 16 u64 per CTA (phase timestamps, counts).
-        dp.prof = std::env::var("DASHATTN_DEC_PROFILE").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-        return unsafe { launch_cluster(fu.func, (fu.cs, p.hkv, p.n), 128, fu.smem, fu.cs, cstream, &dp, pdl, "cuLaunchKernelEx(dash_dec_fused)") };
-    }
-    let scratch = DeviceScratch::new(ws, pl.layout.total, stream, "cuMemAllocAsync (decode workspace)")?;
-    let stream = cstream;
-    let at = |i: usize| scratch.base + pl.layout.offsets[i] as u64;
     dp.z = at(0);
     dp.tau = at(1);
     dp.sel_n = at(2);
@@ -426,6 +280,17 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.items = at(8);
     dp.nitems = at(9);
     dp.wchunk = if p.n * pl.units * d.q_len < 128 { 1 } else { 2 };
+    dp.lse = a.lse.map_or(0, |t| t.ptr as u64);
+    dp.sl = a.lse.as_ref().map_or([0; 3], s3);
+    dp.q_len = d.q_len as i32;
+    dp.hq = d.hq as i32;
+    dp.nbmax = pl.nbmax as i32;
+    dp.per_head = (cfg.selection == Selection::PerHead) as i32;
+    dp.group = d.group as i32;
+    dp.splits = pl.splits as i32;
+    dp.alpha = cfg.alpha;
+    dp.sigma = sigma as f32;
+    dp.sigma_c = sigma_c as f32;
     // Few rows (the latency-bound case): the select kernel prefetches the K/V rows of each
     // row's local blocks into L2 while the score kernel runs (with many rows the attention
     // is bandwidth-bound and the prefetch would only add traffic);
@@ -447,6 +312,9 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
         let rows = if cfg.selection == Selection::PerHead { d.group * d.q_len } else { d.q_len };
         let (sc, at) = if p.d == 64 { ("score64", "attn64") } else { ("score128", "attn128") };
         let sc = if rows == 1 { sc } else if p.d == 64 { "score64r4" } else { "score128r4" };
+        // Programmatic dependent launch of select and attention on sm_90+ (their kernels
+        // wait on the previous grid first); DASHATTN_NO_PDL=1 turns it off.
+        let pdl = dev.props.cc_major >= 9 && !std::env::var("DASHATTN_NO_PDL").is_ok_and(|v| v == "1");
         unsafe {
             let f = kern.function(kname(sc, s))?;
             launch(f, (chunks, p.hkv, p.n), 256, rows * p.d * 4, stream, &dp, "cuLaunchKernel(dash_dec_score)")?;
