@@ -917,11 +917,34 @@ __device__ __forceinline__ float4 ldcg4(const float *ptr) {
 
 // K and V of one tile (keys [i0, i0 + cnt), cnt <= TK <= 64) of KV head hk of sequence b
 // into smem (swizzled rows, cp.async 16 bytes a thread and chunk, zero-filled past cnt or
-// on a bad page; okt[ii] = key ii is valid), committed as one group. The page-table
-// entries load first, all at once (no table load in front of each copy).
+// on a bad page; okt[ii] = key ii is valid), committed as one group. sm_90+: the
+// page-table entries load first, all at once (no table load in front of each copy).
 template <typename T, int D, int NT>
 __device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, i64 i0, int cnt, int TK, u16 *kd, u16 *vd, int *okt) {
-    constexpr int CPK = D / 8, EPT = 64 * CPK / NT;
+    constexpr int CPK = D / 8;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    // sm_80: the per-copy table lookup (the batched one below spills 8 bytes there, under
+    // the attention kernel's 3-CTAs-per-SM register cap).
+    for (int e = threadIdx.x; e < TK * CPK; e += NT) {
+        const int ii = e / CPK, col = e % CPK;
+        const T *ks = (const T *)p.kc, *vs = (const T *)p.vc;
+        bool ok = false;
+        if (ii < cnt) {
+            const int pg = page_of(p, b, i0 + ii);
+            if (pg >= 0) {
+                const i64 slot = (i0 + ii) % p.ps;
+                ks += pg * p.sk.page + slot * p.sk.slot + hk * p.sk.head + col * 8;
+                vs += pg * p.sv.page + slot * p.sv.slot + hk * p.sv.head + col * 8;
+                ok = true;
+            }
+        }
+        const int so = swz<D>(ii, col);
+        cp_async16(smem_u32(kd + so), ks, ok ? 16 : 0);
+        cp_async16(smem_u32(vd + so), vs, ok ? 16 : 0);
+        if (col == 0) okt[ii] = ok;
+    }
+#else
+    constexpr int EPT = 64 * CPK / NT;
     const i64 pi0 = i0 / p.ps;
     const int r0 = (int)(i0 - pi0 * p.ps);
     int pg[EPT], sl[EPT];
@@ -948,6 +971,7 @@ __device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, 
             if (col == 0) okt[ii] = ok;
         }
     }
+#endif
     cp_commit();
 }
 
