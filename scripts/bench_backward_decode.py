@@ -60,26 +60,33 @@ def median_ms(fn, reps):
     return ts[len(ts) // 2]
 
 
-def graph_us(fn, ctx, reps):
-    """Median microseconds of `fn` replayed from a CUDA graph (what serving engines do:
-    no Python or launch overhead in the number). `ctx` (or None) launches on the capture
-    stream."""
+def capture(fns, ctx):
+    """A CUDA graph of fns called in order (after two warm-up rounds on a side stream).
+    `ctx` (or None) launches on the capture stream."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         if ctx is not None:
             ctx.set_stream(s)
         for _ in range(2):
-            fn()
+            for fn in fns:
+                fn()
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         if ctx is not None:
             ctx.set_stream(torch.cuda.current_stream())
-        fn()
+        for fn in fns:
+            fn()
     if ctx is not None:
         ctx.set_stream(None)
-    return 1e3 * median_ms(g.replay, reps)
+    return g
+
+
+def graph_us(fn, ctx, reps):
+    """Median microseconds of `fn` replayed from a CUDA graph (what serving engines do:
+    no Python or launch overhead in the number), each replay timed alone."""
+    return 1e3 * median_ms(capture([fn], ctx).replay, reps)
 
 
 def topics(n, L, kscale):
@@ -255,22 +262,7 @@ def layered_us(fns, ctx, reps):
     """Microseconds per call of fns (one per layer, each on its own buffers) captured back to
     back in one CUDA graph: a decode step of a model, where no layer finds the previous
     one's data in L2 and launch latency is paid once per step, not per layer."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        if ctx is not None:
-            ctx.set_stream(s)
-        for fn in fns:
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        if ctx is not None:
-            ctx.set_stream(torch.cuda.current_stream())
-        for fn in fns:
-            fn()
-    if ctx is not None:
-        ctx.set_stream(None)
+    g = capture(fns, ctx)
     # Replays back to back (the GPU stays busy, as in serving; an idle GPU between short
     # replays also lowers its clock): 5 runs of `reps` replays, median.
     for _ in range(3):
