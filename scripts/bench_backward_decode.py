@@ -324,7 +324,6 @@ def bench_decode():
                 nl = max(1, min(16, math.ceil(256e6 / bytes_read), int(48e9 // (kv_bytes * 1.02))))
                 layers = [(k, v, pooled)] + [(k.clone(), v.clone(), pooled.clone()) for _ in range(nl - 1)]
                 o = torch.empty_like(q)
-
                 fns = [(lambda kk=kk, vv=vv, pp=pp: dashattn.decode(q, kk.view(pages, ps, HKV, D), vv.view(pages, ps, HKV, D), pp, table, lens,
                                                                      alpha=ALPHA, block_size=B, context=ctx, out=o)) for kk, vv, pp in layers]
                 us = layered_us(fns, ctx, a.reps)
@@ -351,7 +350,6 @@ def bench_decode():
                       f"{gbs:18.0f} | {100*gbs/bw:8.1f}% |", flush=True)
                 if a.kernels:
                     print(f"#   kernels (n={n}, L={L}, kscale={ks:g}): {kernel_times(fns[0])}", flush=True)
-
                 ctx.close()
                 del k, v, q, pooled, o, qd, layers, fns
                 torch.cuda.empty_cache()
