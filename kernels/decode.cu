@@ -505,6 +505,8 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
     const int G = p.group;
     const int R = p.per_head ? G * p.q_len : p.q_len;
     const float qscale = p.per_head ? p.sigma_c : p.sigma_c / G;
+    if ((p.flags & 2) && chunk == 0)  // the fused select + attention's merge counters
+        for (int lr = threadIdx.x; lr < R; lr += blockDim.x) p.cnt[score_row(p, b, hk, lr)] = 0;
     for (int e = threadIdx.x; e < R * D; e += blockDim.x) {
         int lr = e / D, x = e % D;
         const T *qb = (const T *)p.q + b * p.sq_n + (hk * G) * p.sq_h + x;
@@ -577,12 +579,9 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
 }
 
 // ---------------------------------------------------------------- v2 threshold + selection
-// grid (q_len, units, N), block SEL_NT. z of the row's candidates stays in registers
-// (SEL_C per thread, j = tid + i * SEL_NT; beyond that re-read from the workspace).
-#define SEL_NT 256
-#define SEL_C 8
-// Sum of two doubles over the block; red has 2 * 2 * 32 slots (two buffers alternated by
-// `par`, so one barrier per call suffices).
+// Sum of two doubles over the block (NT threads); red has 2 * 2 * 32 slots (two buffers
+// alternated by `par`, so one barrier per call suffices).
+template <int NT>
 __device__ __forceinline__ void block_sum2(double &a, double &c, double *red, int par) {
     for (int o = 16; o > 0; o >>= 1) {
         a += __shfl_xor_sync(0xffffffffu, a, o);
@@ -596,14 +595,15 @@ __device__ __forceinline__ void block_sum2(double &a, double &c, double *red, in
     __syncthreads();
     a = 0.0;
     c = 0.0;
-    for (int w = 0; w < SEL_NT / 32; ++w) {
+    for (int w = 0; w < NT / 32; ++w) {
         a += rb[w];
         c += rb[32 + w];
     }
 }
 
 #define SEL_ACT 256
-// Exclusive prefix (pos) and total of cnt over the block (SEL_NT threads); wc: SEL_NT/32 ints.
+// Exclusive prefix (pos) and total of cnt over the block (NT threads); wc: NT/32 ints.
+template <int NT>
 __device__ __forceinline__ void block_scan(int cnt, int *wc, int &pos, int &total) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int incl = cnt;
@@ -616,7 +616,7 @@ __device__ __forceinline__ void block_scan(int cnt, int *wc, int &pos, int &tota
     __syncthreads();
     pos = incl - cnt;
     total = 0;
-    for (int w = 0; w < SEL_NT / 32; ++w) {
+    for (int w = 0; w < NT / 32; ++w) {
         if (w < warp) pos += wc[w];
         total += wc[w];
     }
@@ -627,11 +627,208 @@ __device__ __forceinline__ void write_item(const DecParams &p, int slot, i64 ru,
     ((int4 *)p.items)[slot] = make_int4((int)ru, i | (nit << 16), per, nsel);
 }
 
+// Shared-memory scratch of select_row (the caller may alias memory that is idle meanwhile):
+// act_s / act_j [SEL_ACT], red [32] floats, redd [128] doubles, wcnt [NT / 32], bc [2].
+struct SelSmem {
+    float *act_s;
+    int *act_j;
+    float *red;
+    double *redd;
+    int *wcnt;
+    int *bc;
+};
+
+// The entmax threshold and the selected blocks of one row, by a whole CTA of NT threads
+// (every thread calls it; it ends with a barrier or a block scan, and every thread gets
+// `total` and `tau`). z: the row's ncand candidate scores (C per thread in registers,
+// j = tid + i * NT; beyond that re-read). alpha > 1: only s = (alpha-1) z > max s - 1 can be
+// in the support (tau >= max s - 1); when at most SEL_ACT of them exist they are compacted
+// (in (thread, i) order) and one warp solves and selects with shuffles only (no block
+// barriers per Newton step); otherwise the same Newton block-wide. alpha = 1: logsumexp,
+// every candidate selected. put(pos, total, j, beta) receives each selected block's position
+// in the row's list (deterministic: (thread, i) order of the candidates; the attention does
+// not need increasing j), the list length and the block's log-prior.
+template <int NT, int C, class Put>
+__device__ __forceinline__ void select_row(const float *z, int ncand, float alpha, const SelSmem &sm, Put put, int &total, float &tau) {
+    const int tid = threadIdx.x;
+    float zc[C];
+    float mx = -DA_INF;
+#pragma unroll
+    for (int i = 0; i < C; ++i) {
+        int j = tid + i * NT;
+        zc[i] = j < ncand ? z[j] : -DA_INF;
+        mx = fmaxf(mx, zc[i]);
+    }
+    for (int j = tid + C * NT; j < ncand; j += NT) mx = fmaxf(mx, z[j]);
+    mx = block_max(mx, sm.red);
+    tau = -DA_INF;
+    const bool soft = alpha <= 1.f;
+    const float am1 = alpha - 1.f;
+    if (!soft && mx > -DA_INF) {
+        const float thr = am1 * mx - 1.f;
+        int acnt = 0;
+#pragma unroll
+        for (int i = 0; i < C; ++i) acnt += am1 * zc[i] > thr ? 1 : 0;
+        for (int j = tid + C * NT; j < ncand; j += NT) acnt += am1 * z[j] > thr ? 1 : 0;
+        int apos, atot;
+        block_scan<NT>(acnt, sm.wcnt, apos, atot);
+        if (atot <= SEL_ACT) {
+#pragma unroll
+            for (int i = 0; i < C; ++i) {
+                float sv = am1 * zc[i];
+                if (sv > thr) {
+                    sm.act_s[apos] = sv;
+                    sm.act_j[apos] = tid + i * NT;
+                    ++apos;
+                }
+            }
+            for (int j = tid + C * NT; j < ncand; j += NT) {
+                float sv = am1 * z[j];
+                if (sv > thr) {
+                    sm.act_s[apos] = sv;
+                    sm.act_j[apos] = j;
+                    ++apos;
+                }
+            }
+            __syncthreads();
+            if (tid < 32) {
+                const int lane = tid;
+                float av[SEL_ACT / 32];
+#pragma unroll
+                for (int i = 0; i < SEL_ACT / 32; ++i) av[i] = lane + 32 * i < atot ? sm.act_s[lane + 32 * i] : -DA_INF;
+                const float k = 1.f / am1;
+                const int kind = am1 == 1.f ? 1 : (am1 == 0.5f ? 2 : 0);
+                double tt = (double)am1 * mx - 1.0;
+                for (int it = 0; it < 40; ++it) {
+                    const float tf = (float)tt;
+                    double M = 0.0, S1 = 0.0;
+#pragma unroll
+                    for (int i = 0; i < SEL_ACT / 32; ++i) {
+                        float x = av[i] - tf;
+                        if (x > 0.f) {
+                            float xk1 = kind == 1 ? 1.f : (kind == 2 ? x : powf(x, k - 1.f));
+                            M += (double)(xk1 * x);
+                            S1 += (double)xk1;
+                        }
+                    }
+                    for (int o = 16; o > 0; o >>= 1) {
+                        M += __shfl_xor_sync(0xffffffffu, M, o);
+                        S1 += __shfl_xor_sync(0xffffffffu, S1, o);
+                    }
+                    if (!(M > 0.0) || !(S1 > 0.0)) break;
+                    const double N = kind == 2 ? sqrt(M) : (kind == 1 ? M : pow(M, (double)am1));
+                    if (!(N > 1.0)) break;
+                    const double dt = (N - 1.0) * M / (N * S1);
+                    tt += dt;
+                    if (!(dt > 1e-7 * fmax(1.0, fabs(tt)))) break;
+                }
+                const float tw = (float)tt;
+                int tot = 0;
+#pragma unroll
+                for (int i = 0; i < SEL_ACT / 32; ++i) tot += __popc(__ballot_sync(0xffffffffu, av[i] - tw > 0.f));
+                int base = 0;
+#pragma unroll
+                for (int i = 0; i < SEL_ACT / 32; ++i) {
+                    const float x = av[i] - tw;
+                    const bool sel = x > 0.f;
+                    const unsigned m = __ballot_sync(0xffffffffu, sel);
+                    if (sel) put(base + __popc(m & ((1u << lane) - 1u)), tot, sm.act_j[lane + 32 * i], logf(x) / am1);
+                    base += __popc(m);
+                }
+                if (lane == 0) {
+                    sm.bc[0] = tot;
+                    sm.bc[1] = __float_as_int(tw);
+                }
+            }
+            __syncthreads();
+            total = sm.bc[0];
+            tau = __int_as_float(sm.bc[1]);
+            return;
+        }
+    }
+    if (mx > -DA_INF) {
+        if (soft) {
+            float s = 0.f;
+#pragma unroll
+            for (int i = 0; i < C; ++i) s += __expf(zc[i] - mx);
+            for (int j = tid + C * NT; j < ncand; j += NT) s += __expf(z[j] - mx);
+            tau = mx + logf(block_sum(s, sm.red));
+        } else {
+            // g(tau) = ||(s - tau)_+||_k - 1, s = (alpha-1) z, k = 1/(alpha-1): convex and
+            // decreasing, so Newton from tau0 = max s - 1 (g >= 0) rises monotonically to the
+            // root; one term converges in one step. M = sum x^k, S1 = sum x^(k-1),
+            // N = M^(1/k): step (N - 1) M / (N S1).
+            const float k = 1.f / am1;
+            const int kind = am1 == 1.f ? 1 : (am1 == 0.5f ? 2 : 0);
+            double tt = (double)am1 * mx - 1.0;
+            for (int it = 0; it < 40; ++it) {
+                const float tf = (float)tt;
+                double M = 0.0, S1 = 0.0;
+                auto acc = [&](float zv) {
+                    float x = am1 * zv - tf;
+                    if (x > 0.f) {
+                        float xk1 = kind == 1 ? 1.f : (kind == 2 ? x : powf(x, k - 1.f));
+                        M += (double)(xk1 * x);
+                        S1 += (double)xk1;
+                    }
+                };
+#pragma unroll
+                for (int i = 0; i < C; ++i) acc(zc[i]);
+                for (int j = tid + C * NT; j < ncand; j += NT) acc(z[j]);
+                block_sum2<NT>(M, S1, sm.redd, it & 1);
+                if (!(M > 0.0) || !(S1 > 0.0)) break;
+                const double N = kind == 2 ? sqrt(M) : (kind == 1 ? M : pow(M, (double)am1));
+                if (!(N > 1.0)) break;
+                const double dt = (N - 1.0) * M / (N * S1);
+                tt += dt;
+                if (!(dt > 1e-7 * fmax(1.0, fabs(tt)))) break;
+            }
+            tau = (float)tt;
+        }
+    }
+    // Compaction: thread tid owns j = tid + i * NT; positions by (tid, i) order.
+    auto selx = [&](float zv, float &beta) -> bool {
+        if (soft) {
+            beta = zv - tau;
+            return zv > -DA_INF;
+        }
+        float x = am1 * zv - tau;
+        beta = x > 0.f ? logf(x) / am1 : 0.f;
+        return x > 0.f;
+    };
+    int cnt = 0;
+    if (mx > -DA_INF) {
+        float bt;
+#pragma unroll
+        for (int i = 0; i < C; ++i) cnt += selx(zc[i], bt) ? 1 : 0;
+        for (int j = tid + C * NT; j < ncand; j += NT) cnt += selx(z[j], bt) ? 1 : 0;
+    }
+    int pos;
+    block_scan<NT>(cnt, sm.wcnt, pos, total);
+    if (cnt > 0) {
+        float bt;
+#pragma unroll
+        for (int i = 0; i < C; ++i) {
+            int j = tid + i * NT;
+            if (j < ncand && selx(zc[i], bt)) put(pos++, total, j, bt);
+        }
+        for (int j = tid + C * NT; j < ncand; j += NT)
+            if (selx(z[j], bt)) put(pos++, total, j, bt);
+    }
+}
+
+// grid (q_len, units, N), block SEL_NT: select_row for row (b, unit, r), the selected list
+// and log-priors to the workspace, then the row's attention work items ((row, split,
+// nsplit, per, nsel), chunks of max(wchunk, blocks / splits) blocks) appended to the device
+// work list with one atomicAdd (list order does not affect results); the row's merge
+// counter zeroed; o = 0 / lse = -inf for rows with nothing to attend.
+#define SEL_NT 256
+#define SEL_C 8
 template <typename T>
 __device__ __forceinline__ void dec_select(const DecParams &p) {
-    __shared__ float red[32];
+    __shared__ float red[32], act_s[SEL_ACT];
     __shared__ double redd[128];
-    __shared__ int wcnt[SEL_NT / 32];
+    __shared__ int wcnt[SEL_NT / 32], act_j[SEL_ACT], bc[2];
     // Before the wait (with programmatic dependent launch this overlaps the score kernel):
     // only inputs (lengths, alpha, page table, K/V) and this call's own counter, which
     // nothing before the attention kernel touches.
@@ -658,193 +855,15 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     }
     pdl_wait();  // the score kernel's z (and nitems = 0) are visible after this
     pdl_trigger();
-    const float *z = p.z + ru * p.nbmax;
-    float zc[SEL_C];
-    float mx = -DA_INF;
-#pragma unroll
-    for (int i = 0; i < SEL_C; ++i) {
-        int j = tid + i * SEL_NT;
-        zc[i] = j < ncand ? z[j] : -DA_INF;
-        mx = fmaxf(mx, zc[i]);
-    }
-    for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) mx = fmaxf(mx, z[j]);
-    mx = block_max(mx, red);
-    float tau = -DA_INF;
-    const bool soft = alpha <= 1.f;
-    const float am1 = alpha - 1.f;
-    if (!soft && mx > -DA_INF) {
-        // Only s_j > max s - 1 can be in the support (tau >= max s - 1). When at most
-        // SEL_ACT of them exist, compact them (in (thread, i) order) and let one warp solve
-        // and select with shuffles only (no block barriers per Newton step).
-        __shared__ float act_s[SEL_ACT];
-        __shared__ int act_j[SEL_ACT];
-        const float thr = am1 * mx - 1.f;
-        int acnt = 0;
-#pragma unroll
-        for (int i = 0; i < SEL_C; ++i) acnt += am1 * zc[i] > thr ? 1 : 0;
-        for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) acnt += am1 * z[j] > thr ? 1 : 0;
-        int apos, atot;
-        block_scan(acnt, wcnt, apos, atot);
-        if (atot <= SEL_ACT) {
-#pragma unroll
-            for (int i = 0; i < SEL_C; ++i) {
-                float sv = am1 * zc[i];
-                if (sv > thr) {
-                    act_s[apos] = sv;
-                    act_j[apos] = tid + i * SEL_NT;
-                    ++apos;
-                }
-            }
-            for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) {
-                float sv = am1 * z[j];
-                if (sv > thr) {
-                    act_s[apos] = sv;
-                    act_j[apos] = j;
-                    ++apos;
-                }
-            }
-            __syncthreads();
-            if (tid >= 32) return;
-            const int lane = tid;
-            float av[SEL_ACT / 32];
-#pragma unroll
-            for (int i = 0; i < SEL_ACT / 32; ++i) av[i] = lane + 32 * i < atot ? act_s[lane + 32 * i] : -DA_INF;
-            const float k = 1.f / am1;
-            const int kind = am1 == 1.f ? 1 : (am1 == 0.5f ? 2 : 0);
-            double tt = (double)am1 * mx - 1.0;
-            for (int it = 0; it < 40; ++it) {
-                const float tf = (float)tt;
-                double M = 0.0, S1 = 0.0;
-#pragma unroll
-                for (int i = 0; i < SEL_ACT / 32; ++i) {
-                    float x = av[i] - tf;
-                    if (x > 0.f) {
-                        float xk1 = kind == 1 ? 1.f : (kind == 2 ? x : powf(x, k - 1.f));
-                        M += (double)(xk1 * x);
-                        S1 += (double)xk1;
-                    }
-                }
-                for (int o = 16; o > 0; o >>= 1) {
-                    M += __shfl_xor_sync(0xffffffffu, M, o);
-                    S1 += __shfl_xor_sync(0xffffffffu, S1, o);
-                }
-                if (!(M > 0.0) || !(S1 > 0.0)) break;
-                const double N = kind == 2 ? sqrt(M) : (kind == 1 ? M : pow(M, (double)am1));
-                if (!(N > 1.0)) break;
-                const double dt = (N - 1.0) * M / (N * S1);
-                tt += dt;
-                if (!(dt > 1e-7 * fmax(1.0, fabs(tt)))) break;
-            }
-            const float tw = (float)tt;
-            int base = 0;
-            int *si = p.sel_idx + ru * p.nbmax;
-            float *sb = p.sel_beta + ru * p.nbmax;
-#pragma unroll
-            for (int i = 0; i < SEL_ACT / 32; ++i) {
-                const float x = av[i] - tw;
-                const bool sel = x > 0.f;
-                const unsigned m = __ballot_sync(0xffffffffu, sel);
-                if (sel) {
-                    const int pos = base + __popc(m & ((1u << lane) - 1u));
-                    si[pos] = act_j[lane + 32 * i];
-                    sb[pos] = logf(x) / am1;
-                }
-                base += __popc(m);
-            }
-            if (lane == 0) {
-                p.sel_n[ru] = base;
-                p.tau[ru] = tw;
-            }
-            const int nblk = base + (int)(t / p.bs - max((i64)0, t / p.bs - p.n_local + 1) + 1);
-            const int per = max(p.wchunk, (nblk + p.splits - 1) / p.splits), nit = (nblk + per - 1) / per;
-            int ib = 0;
-            if (lane == 0) ib = atomicAdd(p.nitems, nit);
-            ib = __shfl_sync(0xffffffffu, ib, 0);
-            for (int i = lane; i < nit; i += 32) write_item(p, ib + i, ru, i, nit, per, base);
-            return;
-        }
-    }
-    if (mx > -DA_INF) {
-        if (soft) {
-            float s = 0.f;
-#pragma unroll
-            for (int i = 0; i < SEL_C; ++i) s += __expf(zc[i] - mx);
-            for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) s += __expf(z[j] - mx);
-            tau = mx + logf(block_sum(s, red));
-        } else {
-            // g(tau) = ||(s - tau)_+||_k - 1, s = (alpha-1) z, k = 1/(alpha-1): convex and
-            // decreasing, so Newton from tau0 = max s - 1 (g >= 0) rises monotonically to the
-            // root; one term converges in one step. M = sum x^k, S1 = sum x^(k-1),
-            // N = M^(1/k): step (N - 1) M / (N S1).
-            const float k = 1.f / am1;
-            const int kind = am1 == 1.f ? 1 : (am1 == 0.5f ? 2 : 0);
-            double tt = (double)am1 * mx - 1.0;
-            for (int it = 0; it < 40; ++it) {
-                const float tf = (float)tt;
-                double M = 0.0, S1 = 0.0;
-                auto acc = [&](float zv) {
-                    float x = am1 * zv - tf;
-                    if (x > 0.f) {
-                        float xk1 = kind == 1 ? 1.f : (kind == 2 ? x : powf(x, k - 1.f));
-                        M += (double)(xk1 * x);
-                        S1 += (double)xk1;
-                    }
-                };
-#pragma unroll
-                for (int i = 0; i < SEL_C; ++i) acc(zc[i]);
-                for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) acc(z[j]);
-                block_sum2(M, S1, redd, it & 1);
-                if (!(M > 0.0) || !(S1 > 0.0)) break;
-                const double N = kind == 2 ? sqrt(M) : (kind == 1 ? M : pow(M, (double)am1));
-                if (!(N > 1.0)) break;
-                const double dt = (N - 1.0) * M / (N * S1);
-                tt += dt;
-                if (!(dt > 1e-7 * fmax(1.0, fabs(tt)))) break;
-            }
-            tau = (float)tt;
-        }
-    }
-    // Compaction: thread tid owns j = tid + i * SEL_NT; positions by (tid, i) order
-    // (deterministic; the attention does not need increasing j).
-    auto selx = [&](float zv, float &beta) -> bool {
-        if (soft) {
-            beta = zv - tau;
-            return zv > -DA_INF;
-        }
-        float x = am1 * zv - tau;
-        beta = x > 0.f ? logf(x) / am1 : 0.f;
-        return x > 0.f;
-    };
-    int cnt = 0;
-    if (mx > -DA_INF) {
-        float bt;
-#pragma unroll
-        for (int i = 0; i < SEL_C; ++i) cnt += selx(zc[i], bt) ? 1 : 0;
-        for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) cnt += selx(z[j], bt) ? 1 : 0;
-    }
-    int pos, total;
-    block_scan(cnt, wcnt, pos, total);
-    if (cnt > 0) {
-        int *si = p.sel_idx + ru * p.nbmax;
-        float *sb = p.sel_beta + ru * p.nbmax;
-        float bt;
-#pragma unroll
-        for (int i = 0; i < SEL_C; ++i) {
-            int j = tid + i * SEL_NT;
-            if (j < ncand && selx(zc[i], bt)) {
-                si[pos] = j;
-                sb[pos] = bt;
-                ++pos;
-            }
-        }
-        for (int j = tid + SEL_C * SEL_NT; j < ncand; j += SEL_NT) {
-            if (selx(z[j], bt)) {
-                si[pos] = j;
-                sb[pos] = bt;
-                ++pos;
-            }
-        }
-    }
+    int *si = p.sel_idx + ru * p.nbmax;
+    float *sb = p.sel_beta + ru * p.nbmax;
+    const SelSmem sm{act_s, act_j, red, redd, wcnt, bc};
+    int total;
+    float tau;
+    select_row<SEL_NT, SEL_C>(p.z + ru * p.nbmax, ncand, alpha, sm, [&](int pos, int, int j, float beta) {
+        si[pos] = j;
+        sb[pos] = beta;
+    }, total, tau);
     if (tid == 0) {
         p.sel_n[ru] = total;
         p.tau[ru] = tau;
@@ -920,7 +939,7 @@ __device__ __forceinline__ float4 ldcg4(const float *ptr) {
 // on a bad page; okt[ii] = key ii is valid), committed as one group. sm_90+: the
 // page-table entries load first, all at once (no table load in front of each copy).
 template <typename T, int D, int NT>
-__device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, i64 i0, int cnt, int TK, u16 *kd, u16 *vd, int *okt) {
+__device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, int i0, int cnt, int TK, u16 *kd, u16 *vd, int *okt) {
     constexpr int CPK = D / 8;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
     // sm_80: the per-copy table lookup (the batched one below spills 8 bytes there, under
@@ -945,8 +964,8 @@ __device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, 
     }
 #else
     constexpr int EPT = 64 * CPK / NT;
-    const i64 pi0 = i0 / p.ps;
-    const int r0 = (int)(i0 - pi0 * p.ps);
+    const int pi0 = i0 / p.ps;
+    const int r0 = i0 - pi0 * p.ps;
     int pg[EPT], sl[EPT];
 #pragma unroll
     for (int k = 0; k < EPT; ++k) {
@@ -1094,157 +1113,256 @@ __device__ __forceinline__ void merge_warp_states(const float (&oacc)[D / 8][4],
     __syncthreads();
 }
 
-template <typename T, int D>
-__device__ __forceinline__ void dec_attn(const DecParams &p) {
-    constexpr int NTO = D / 8, TKM = 64;
-    extern __shared__ uint4 smv[];
-    u16 *sK = (u16 *)smv, *sV = sK + 2 * TKM * D, *sQ = sV + 2 * TKM * D;
-    int *okm = (int *)(sQ + 16 * D);                          // [2][64]
-    float *wm = (float *)(okm + 2 * TKM), *wl = wm + 4 * 16;  // [4][16] each
-    float *mw = wl + 4 * 16;                                  // weights [16][64]
-    int *flag = (int *)(mw + 16 * 64);
-    float *wo = (float *)smv;  // [4][16][D] after an item's tiles (reuses K/V)
+// One work item of the split-KV attention: list positions [m0, m1) of row ru's blocks (its
+// nsel selected blocks, position m from src(m, j, beta), then its local blocks), split s of
+// nsplit, in tiles of TK = min(B, 64) keys; the unit's Q rows already in sQ (visible after
+// the first barrier here). A row with one split writes o / lse directly; otherwise the split
+// writes its partial and the last split of the row to finish (counter p.cnt[ru], zeroed
+// before the kernel and again by that split) merges all partials in split order
+// (deterministic whichever CTA it is). Called by every thread; ends with a barrier.
+template <typename T, int D, class Src>
+__device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, const u16 *sQ, int *okm, float *wm, float *wl, float *mw, int *flag,
+                                          i64 ru, int b, int r, int h0, int hpu, int len, int s, int nsplit, int m0, int m1, int nsel, Src src) {
+    constexpr int TKM = 64, NTO = D / 8;
+    float *wo = (float *)sK;  // [4][16][D] after the item's tiles (reuses K/V)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int units = p.per_head ? p.hq : p.hkv;
-    const int hpu = p.per_head ? 1 : p.group;
+    const int hk = h0 / p.group;
     const int bs = p.bs;
     const int TK = bs < TKM ? bs : TKM, npb = bs / TK;
     const float sl2 = p.sigma * DA_LOG2E;
     const int kw = warp * 16;  // this warp's keys in a tile
+    // (token positions fit 32 bits: seq_lens are int32)
+    const int t = len - p.q_len + r;  // >= 0: rows with t < 0 have no work
+    const int c = t / bs;
+    const int first_local = max(0, c - p.n_local + 1);
+    const int tt0 = m0 * npb, tt1 = m1 * npb;
+    const int tend = min(len, t + 1);  // keys [0, tend) may be attended
+    T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
+    auto tile = [&](int tt, float &beta, int &i0, int &cnt) {
+        int m = tt / npb, sub = tt % npb, j;
+        if (m < nsel) {
+            src(m, j, beta);
+        } else {
+            j = first_local + (m - nsel);
+            beta = 0.f;
+        }
+        i0 = j * bs + sub * TK;
+        cnt = max(0, min(TK, tend - i0));
+    };
+    auto issue = [&](int tt, int stage) {
+        float beta;
+        int i0, cnt;
+        tile(tt, beta, i0, cnt);
+        load_kv_tile<T, D, ATT_NT>(p, b, hk, i0, cnt, TK, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM);
+    };
+    issue(tt0, 0);
+    float oacc[NTO][4];
+#pragma unroll
+    for (int i = 0; i < NTO; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
+    float mrow[2] = {-DA_INF, -DA_INF}, lrow[2] = {0.f, 0.f};
+    for (int tt = tt0; tt < tt1; ++tt) {
+        const int stage = (tt - tt0) & 1;
+        if (tt + 1 < tt1) {
+            issue(tt + 1, stage ^ 1);
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        __syncthreads();  // tile tt (and sQ) visible
+        float beta;
+        int i0, cnt;
+        tile(tt, beta, i0, cnt);
+        if (kw < cnt)  // warp-uniform
+            attn_tile<T, D>(sQ, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM, cnt, beta, sl2, kw, lane, oacc, mrow, lrow);
+        __syncthreads();
+    }
+    merge_warp_states<D>(oacc, mrow, lrow, wo, wm, wl, mw, hpu, warp, lane);
+    const bool single = nsplit == 1;
+    float *opart = p.o_part + (((i64)s * p.n + b) * p.q_len + r) * p.hq * D;
+    for (int e = tid; e < hpu * D; e += ATT_NT) {
+        const int g = e / D, x = e % D;
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) v += wo[(w * 16 + g) * D + x] * mw[g * 4 + w];
+        if (single) ob[(h0 + g) * p.so_h + x] = from_f<T>(v);
+        else opart[(h0 + g) * D + x] = v;
+    }
+    if (single) {
+        if (p.lse)
+            for (int g = tid; g < hpu; g += ATT_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = mw[64 + g];
+        __syncthreads();  // smem reuse by the caller
+        return;
+    }
+    for (int g = tid; g < hpu; g += ATT_NT) p.lse_part[(((i64)s * p.n + b) * p.hq + h0 + g) * p.q_len + r] = mw[64 + g];
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) flag[0] = atomicAdd(p.cnt + ru, 1) == nsplit - 1;
+    __syncthreads();
+    if (flag[0]) {
+        __threadfence();
+        const float *o0 = p.o_part + ((i64)b * p.q_len + r) * p.hq * D + h0 * D;
+        const i64 sstride = (i64)p.n * p.q_len * p.hq * D;
+        for (int e = tid; e < hpu * nsplit; e += ATT_NT) {
+            const int g = e / nsplit, sp = e % nsplit;
+            mw[g * 64 + sp] = ldcg(p.lse_part + (((i64)sp * p.n + b) * p.hq + h0 + g) * p.q_len + r);
+        }
+        __syncthreads();
+        if (tid < hpu) {
+            const int g = tid;
+            float mx = -DA_INF;
+            for (int sp = 0; sp < nsplit; ++sp) mx = fmaxf(mx, mw[g * 64 + sp]);
+            float sum = 0.f;
+            if (mx > -DA_INF)
+                for (int sp = 0; sp < nsplit; ++sp) sum += __expf(mw[g * 64 + sp] - mx);
+            const float lse = mx > -DA_INF ? mx + logf(sum) : -DA_INF;
+            for (int sp = 0; sp < nsplit; ++sp) mw[g * 64 + sp] = lse > -DA_INF ? __expf(mw[g * 64 + sp] - lse) : 0.f;
+            if (p.lse) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = lse;
+        }
+        __syncthreads();
+        for (int e = tid; e < hpu * D / 4; e += ATT_NT) {
+            const int g = e / (D / 4), x = (e % (D / 4)) * 4;
+            const float *op = o0 + g * D + x;
+            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+            auto fma4 = [&](float w, float4 a) {
+                v.x = fmaf(w, a.x, v.x);
+                v.y = fmaf(w, a.y, v.y);
+                v.z = fmaf(w, a.z, v.z);
+                v.w = fmaf(w, a.w, v.w);
+            };
+#pragma unroll 8
+            for (int sp = 0; sp < nsplit; ++sp) fma4(mw[g * 64 + sp], ldcg4(op + sp * sstride));
+            T *od = ob + (h0 + g) * p.so_h + x;
+            od[0] = from_f<T>(v.x);
+            od[1] = from_f<T>(v.y);
+            od[2] = from_f<T>(v.z);
+            od[3] = from_f<T>(v.w);
+        }
+        if (tid == 0) p.cnt[ru] = 0;
+    }
+    __syncthreads();  // smem reuse by the caller
+}
+
+// Q rows of the unit (heads h0 .. h0 + hpu - 1 of query row r; rows >= hpu zero) to sQ.
+template <typename T, int D>
+__device__ __forceinline__ void load_q_rows(const DecParams &p, u16 *sQ, int b, int r, int h0, int hpu) {
+    for (int e = threadIdx.x; e < 16 * D; e += ATT_NT) {
+        int g = e / D, x = e % D;
+        T v = from_f<T>(0.f);
+        if (g < hpu) v = ((const T *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x];
+        sQ[swz<D>(g, x >> 3) + (x & 7)] = *(u16 *)&v;
+    }
+}
+
+// Shared memory of dec_attn / dec_sattn (dynamic): K, V [2][64][D] and Q [16][D] (T), ok
+// [2][64] ints, warp m / l [4][16] each, weights [16][64], flag.
+#define DEC_SMEM_LAYOUT(D)                                                                        \
+    extern __shared__ uint4 smv[];                                                                 \
+    u16 *sK = (u16 *)smv, *sV = sK + 2 * 64 * D, *sQ = sV + 2 * 64 * D;                            \
+    int *okm = (int *)(sQ + 16 * D);                          /* [2][64] */                        \
+    float *wm = (float *)(okm + 2 * 64), *wl = wm + 4 * 16;  /* [4][16] each */                   \
+    float *mw = wl + 4 * 16;                                  /* weights [16][64] */               \
+    int *flag = (int *)(mw + 16 * 64);
+
+template <typename T, int D>
+__device__ __forceinline__ void dec_attn(const DecParams &p) {
+    DEC_SMEM_LAYOUT(D)
+    const int units = p.per_head ? p.hq : p.hkv;
+    const int hpu = p.per_head ? 1 : p.group;
     pdl_wait();
+    // The count and this CTA's first item load together (the list has >= gridDim.x slots).
     const int nitems = *p.nitems;
+    int4 item = ((const int4 *)p.items)[blockIdx.x];
     for (int it = blockIdx.x; it < nitems; it += gridDim.x) {
-        const int4 item = ((const int4 *)p.items)[it];
+        if (it != blockIdx.x) item = ((const int4 *)p.items)[it];
         const i64 ru = item.x;
         const int s = item.y & 0xffff, nsplit = item.y >> 16, per = item.z, nsel = item.w;
         const int r = (int)(ru % p.q_len), u = (int)((ru / p.q_len) % units), b = (int)(ru / ((i64)p.q_len * units));
         const int h0 = p.per_head ? u : u * p.group;
-        const int hk = h0 / p.group;
         const int len = seq_len(p, b);
-        const i64 t = (i64)len - p.q_len + r;  // >= 0: rows with t < 0 have no items
-        const i64 c = t / bs;
-        const int first_local = (int)max((i64)0, c - p.n_local + 1);
-        const int total = nsel + (int)(c - first_local + 1);
-        const int m0 = s * per, m1 = min(total, (s + 1) * per);
-        const int tt0 = m0 * npb, tt1 = m1 * npb;
-        const i64 tend = min((i64)len, t + 1);  // keys [0, tend) may be attended
-        T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
-        // Q rows (heads of the unit; rows >= hpu zero).
-        for (int e = tid; e < 16 * D; e += ATT_NT) {
-            int g = e / D, x = e % D;
-            T v = from_f<T>(0.f);
-            if (g < hpu) v = ((const T *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x];
-            sQ[swz<D>(g, x >> 3) + (x & 7)] = *(u16 *)&v;
-        }
-        auto tile = [&](int tt, float &beta, i64 &i0, int &cnt) {
-            int m = tt / npb, sub = tt % npb, j;
-            if (m < nsel) {
-                j = p.sel_idx[ru * p.nbmax + m];
-                beta = p.sel_beta[ru * p.nbmax + m];
-            } else {
-                j = first_local + (m - nsel);
-                beta = 0.f;
-            }
-            i0 = (i64)j * bs + sub * TK;
-            cnt = (int)max((i64)0, min((i64)TK, tend - i0));
-        };
-        auto issue = [&](int tt, int stage) {
-            float beta;
-            i64 i0;
-            int cnt;
-            tile(tt, beta, i0, cnt);
-            load_kv_tile<T, D, ATT_NT>(p, b, hk, i0, cnt, TK, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM);
-        };
-        issue(tt0, 0);
-        float oacc[NTO][4];
-#pragma unroll
-        for (int i = 0; i < NTO; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
-        float mrow[2] = {-DA_INF, -DA_INF}, lrow[2] = {0.f, 0.f};
-        for (int tt = tt0; tt < tt1; ++tt) {
-            const int stage = (tt - tt0) & 1;
-            if (tt + 1 < tt1) {
-                issue(tt + 1, stage ^ 1);
-                cp_wait<1>();
-            } else {
-                cp_wait<0>();
-            }
-            __syncthreads();  // tile tt (and sQ) visible
-            float beta;
-            i64 i0;
-            int cnt;
-            tile(tt, beta, i0, cnt);
-            if (kw < cnt)  // warp-uniform
-                attn_tile<T, D>(sQ, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM, cnt, beta, sl2, kw, lane, oacc, mrow, lrow);
-            __syncthreads();
-        }
-        merge_warp_states<D>(oacc, mrow, lrow, wo, wm, wl, mw, hpu, warp, lane);
-        const bool single = nsplit == 1;
-        float *opart = p.o_part + (((i64)s * p.n + b) * p.q_len + r) * p.hq * D;
-        for (int e = tid; e < hpu * D; e += ATT_NT) {
-            const int g = e / D, x = e % D;
-            float v = 0.f;
-#pragma unroll
-            for (int w = 0; w < 4; ++w) v += wo[(w * 16 + g) * D + x] * mw[g * 4 + w];
-            if (single) ob[(h0 + g) * p.so_h + x] = from_f<T>(v);
-            else opart[(h0 + g) * D + x] = v;
-        }
-        if (single) {
-            if (p.lse)
-                for (int g = tid; g < hpu; g += ATT_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = mw[64 + g];
-            __syncthreads();  // smem reuse by the next item
-            continue;
-        }
-        for (int g = tid; g < hpu; g += ATT_NT) p.lse_part[(((i64)s * p.n + b) * p.hq + h0 + g) * p.q_len + r] = mw[64 + g];
-        // Fused merge: the last split of the row to finish merges all partials, in split
-        // order (deterministic whichever CTA it is).
-        __threadfence();
-        __syncthreads();
-        if (tid == 0) flag[0] = atomicAdd(p.cnt + ru, 1) == nsplit - 1;
-        __syncthreads();
-        if (flag[0]) {
-            __threadfence();
-            for (int e = tid; e < hpu * nsplit; e += ATT_NT) {
-                const int g = e / nsplit, sp = e % nsplit;
-                mw[g * 64 + sp] = ldcg(p.lse_part + (((i64)sp * p.n + b) * p.hq + h0 + g) * p.q_len + r);
-            }
-            __syncthreads();
-            if (tid < hpu) {
-                const int g = tid;
-                float mx = -DA_INF;
-                for (int sp = 0; sp < nsplit; ++sp) mx = fmaxf(mx, mw[g * 64 + sp]);
-                float sum = 0.f;
-                if (mx > -DA_INF)
-                    for (int sp = 0; sp < nsplit; ++sp) sum += __expf(mw[g * 64 + sp] - mx);
-                const float lse = mx > -DA_INF ? mx + logf(sum) : -DA_INF;
-                for (int sp = 0; sp < nsplit; ++sp) mw[g * 64 + sp] = lse > -DA_INF ? __expf(mw[g * 64 + sp] - lse) : 0.f;
-                if (p.lse) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = lse;
-            }
-            __syncthreads();
-            const float *o0 = p.o_part + ((i64)b * p.q_len + r) * p.hq * D + h0 * D;
-            const i64 sstride = (i64)p.n * p.q_len * p.hq * D;
-            for (int e = tid; e < hpu * D / 4; e += ATT_NT) {
-                const int g = e / (D / 4), x = (e % (D / 4)) * 4;
-                const float *op = o0 + g * D + x;
-                float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-                for (int sp = 0; sp < nsplit; ++sp) {
-                    const float w = mw[g * 64 + sp];
-                    const float4 a = ldcg4(op + sp * sstride);
-                    v.x = fmaf(w, a.x, v.x);
-                    v.y = fmaf(w, a.y, v.y);
-                    v.z = fmaf(w, a.z, v.z);
-                    v.w = fmaf(w, a.w, v.w);
-                }
-                T *od = ob + (h0 + g) * p.so_h + x;
-                od[0] = from_f<T>(v.x);
-                od[1] = from_f<T>(v.y);
-                od[2] = from_f<T>(v.z);
-                od[3] = from_f<T>(v.w);
-            }
-            if (tid == 0) p.cnt[ru] = 0;
-        }
-        __syncthreads();  // smem reuse by the next item
+        const i64 c = ((i64)len - p.q_len + r) / p.bs;
+        const int total = nsel + (int)(c - max((i64)0, c - p.n_local + 1) + 1);
+        load_q_rows<T, D>(p, sQ, b, r, h0, hpu);
+        attn_item<T, D>(p, sK, sV, sQ, okm, wm, wl, mw, flag, ru, b, r, h0, hpu, len, s, nsplit, s * per, min(total, (s + 1) * per), nsel,
+                        [&](int m, int &j, float &beta) {
+                            j = p.sel_idx[ru * p.nbmax + m];
+                            beta = p.sel_beta[ru * p.nbmax + m];
+                        });
     }
+}
+
+// ---------------------------------------------------------------- v2 fused select + attention
+// For few rows (the latency-bound case): grid (S, units, N * q_len), block ATT_NT. Every one
+// of the S CTAs of a row runs select_row on the row's scores (the same code on the same
+// values: every CTA gets the same tau and list), keeps the list positions of its own split
+// (blocks [s * per, (s + 1) * per), per = ceil(blocks / S)) in shared memory and attends
+// them (attn_item; splits past the row's blocks do nothing). No select kernel, no work list:
+// one kernel boundary and its dependent loads less. The merge counters are zeroed by the
+// score kernel (flags & 2). Shared memory as dec_attn; the select's scratch aliases the K/V
+// stages (idle until the first tile), the split's list the weights (idle until the merge):
+// at most DEC_SATTN_CAP entries (the host checks ceil(blocks / S) against it). D = 128 runs
+// 2 CTAs per SM (under the 3-per-SM cap of 168 registers its tile loop spilled; the host
+// sizes S by the same occupancy).
+#define DEC_SATTN_CAP 512
+template <typename T, int D>
+__device__ __forceinline__ void dec_sattn(const DecParams &p) {
+    DEC_SMEM_LAYOUT(D)
+    const int s = blockIdx.x, S = gridDim.x, u = blockIdx.y, b = blockIdx.z / p.q_len, r = blockIdx.z % p.q_len, tid = threadIdx.x;
+    const int units = p.per_head ? p.hq : p.hkv;
+    const int hpu = p.per_head ? 1 : p.group;
+    const int h0 = p.per_head ? u : u * p.group;
+    const i64 ru = ((i64)b * units + u) * p.q_len + r;
+    // Before the wait: inputs only (lengths, alpha, q, page table, K/V).
+    const int len = seq_len(p, b);
+    const i64 t = (i64)len - p.q_len + r;
+    const int ncand = t >= 0 ? (int)max((i64)0, t / p.bs - p.n_local + 1) : 0;
+    const float alpha = fminf(fmaxf(p.head_alpha ? p.head_alpha[h0 * p.ha_stride] : p.alpha, 1.f), 2.f);
+    load_q_rows<T, D>(p, sQ, b, r, h0, hpu);
+    if ((p.flags & 1) && s == S - 1 && t >= 0 && r == p.q_len - 1 && h0 % p.group == 0) {
+        const i64 k0 = (i64)ncand * p.bs, k1 = min((i64)len, t + 1);  // the local blocks, to L2
+        for (i64 k = k0 + tid; k < k1; k += ATT_NT) {
+            const int pg = page_of(p, b, k);
+            if (pg >= 0) prefetch_kv_row(p, pg, k % p.ps, h0 / p.group);
+        }
+    }
+    pdl_wait();  // the score kernel's z and zeroed counters are visible after this
+    if (t < 0) {  // nothing to attend: o = 0, lse = -inf
+        if (s == 0) {
+            T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
+            for (int e = tid; e < hpu * D; e += ATT_NT) ob[(h0 + e / D) * p.so_h + e % D] = from_f<T>(0.f);
+            if (p.lse)
+                for (int g = tid; g < hpu; g += ATT_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = -DA_INF;
+        }
+        return;
+    }
+    const i64 c = t / p.bs;
+    const int nloc = (int)(c - max((i64)0, c - p.n_local + 1) + 1);
+    float *act_s = (float *)sK;
+    int *act_j = (int *)(act_s + SEL_ACT);
+    float *red = (float *)(act_j + SEL_ACT);
+    double *redd = (double *)(red + 32);
+    int *wcnt = (int *)(redd + 128), *bc = wcnt + ATT_NT / 32;
+    int2 *list = (int2 *)mw;
+    const SelSmem sm{act_s, act_j, red, redd, wcnt, bc};
+    int nsel;
+    float tau;
+    select_row<ATT_NT, 2048 / ATT_NT>(p.z + ru * p.nbmax, ncand, alpha, sm, [&](int pos, int total, int j, float beta) {
+        const int per = (total + nloc + S - 1) / S, lo = s * per;
+        if (pos >= lo && pos < lo + per) list[pos - lo] = make_int2(j, __float_as_int(beta));
+    }, nsel, tau);
+    __syncthreads();  // the list (and the select's last use of the K/V stages) done
+    if (s == 0 && tid == 0) {
+        p.sel_n[ru] = nsel;
+        p.tau[ru] = tau;
+    }
+    const int total = nsel + nloc, per = (total + S - 1) / S, nw = (total + per - 1) / per;
+    if (s >= nw) return;
+    const int2 *mine = list - s * per;  // indexed by list position
+    attn_item<T, D>(p, sK, sV, sQ, okm, wm, wl, mw, flag, ru, b, r, h0, hpu, len, s, nw, s * per, min(total, (s + 1) * per), nsel,
+                    [&](int m, int &j, float &beta) {
+                        const int2 e = mine[m];
+                        j = e.x;
+                        beta = __int_as_float(e.y);
+                    });
 }
 
 #define DASH_DEC_INSTANTIATE(T, NAME)                                                                 \
@@ -1259,7 +1377,9 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d128_r4_##NAME(DecParams p) { dec_score<T, 128, 4>(p); } \
     extern "C" __global__ void __launch_bounds__(SEL_NT) dash_dec_select_##NAME(DecParams p) { dec_select<T>(p); } \
     extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d64_##NAME(DecParams p) { dec_attn<T, 64>(p); } \
-    extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d128_##NAME(DecParams p) { dec_attn<T, 128>(p); }
+    extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d128_##NAME(DecParams p) { dec_attn<T, 128>(p); } \
+    extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_sattn_d64_##NAME(DecParams p) { dec_sattn<T, 64>(p); } \
+    extern "C" __global__ void __launch_bounds__(ATT_NT, 2) dash_dec_sattn_d128_##NAME(DecParams p) { dec_sattn<T, 128>(p); }
 
 DASH_DEC_INSTANTIATE(f16_t, f16)
 DASH_DEC_INSTANTIATE(bf16_t, bf16)

@@ -123,7 +123,11 @@ fn kname(base: &str, s: &str) -> &'static str {
         ("attn64", "bf16") => "dash_dec_attn_d64_bf16",
         ("attn64", _) => "dash_dec_attn_d64_f16",
         ("attn128", "bf16") => "dash_dec_attn_d128_bf16",
-        _ => "dash_dec_attn_d128_f16",
+        ("attn128", _) => "dash_dec_attn_d128_f16",
+        ("sattn64", "bf16") => "dash_dec_sattn_d64_bf16",
+        ("sattn64", _) => "dash_dec_sattn_d64_f16",
+        ("sattn128", "bf16") => "dash_dec_sattn_d128_bf16",
+        _ => "dash_dec_sattn_d128_f16",
     }
 }
 
@@ -152,6 +156,30 @@ fn fast_path(dev: &CudaDevice, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, hpu
         && aligned(&a.pooled_cache)
         && rows * p.d * 4 <= optin
         && attn_smem(p.d) <= optin
+}
+
+/// Rows (sequence x selection unit x query row) up to which the fused select + attention
+/// kernel replaces the select and attention kernels: there the step is a chain of dependent
+/// round trips, and every CTA of a row solving the row's threshold itself saves a kernel
+/// boundary and the work list's loads. Beyond it the work list balances uneven rows.
+const FUSED_MAX_ROWS: usize = 32;
+/// List entries a fused CTA keeps in shared memory (DEC_SATTN_CAP in kernels/decode.cu).
+const FUSED_CAP: usize = 512;
+
+/// CTAs per row of the fused kernel (one wave: 2 or 3 per SM over all rows, at most the workspace's
+/// splits; grid (splits, units, seq_rows = N x q_len)), or None when the fused kernel does not apply: too many rows, a row's share of
+/// blocks could exceed FUSED_CAP, or DASHATTN_DEC_FUSED=0 (A/B measurements and tests of
+/// both paths). A function of shapes only (graph replay).
+fn fused_splits(sms: usize, d: usize, rows_total: usize, seq_rows: usize, pl: &Plan) -> Option<usize> {
+    let env = std::env::var("DASHATTN_DEC_FUSED").ok();
+    if env.as_deref() == Some("0") || rows_total == 0 || (rows_total > FUSED_MAX_ROWS && env.as_deref() != Some("1")) {
+        return None;
+    }
+    // CTAs per SM of dash_dec_sattn_* (its launch bounds in kernels/decode.cu)
+    let per_sm = if d == 128 { 2 } else { 3 };
+    let splits = (per_sm * sms / rows_total).clamp(1, pl.splits);
+    // a row has at most nbmax + 1 blocks (candidates + local)
+    ((pl.nbmax + 1).div_ceil(splits) <= FUSED_CAP && seq_rows <= 65535).then_some(splits)
 }
 
 struct Plan {
@@ -310,19 +338,28 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
             bail!(Unsupported, "the CUDA decode supports Hkv <= 65535");
         }
         let rows = if cfg.selection == Selection::PerHead { d.group * d.q_len } else { d.q_len };
-        let (sc, at) = if p.d == 64 { ("score64", "attn64") } else { ("score128", "attn128") };
+        let (sc, at, sat) = if p.d == 64 { ("score64", "attn64", "sattn64") } else { ("score128", "attn128", "sattn128") };
         let sc = if rows == 1 { sc } else if p.d == 64 { "score64r4" } else { "score128r4" };
         // Programmatic dependent launch of select and attention on sm_90+ (their kernels
         // wait on the previous grid first); DASHATTN_NO_PDL=1 turns it off.
         let pdl = dev.props.cc_major >= 9 && !std::env::var("DASHATTN_NO_PDL").is_ok_and(|v| v == "1");
+        let sms = dev.props.sm_count.max(1) as usize;
+        let fused = fused_splits(sms, p.d, rows_total, p.n * d.q_len, &pl);
+        if fused.is_some() {
+            dp.flags |= 2; // the score kernel zeroes the fused kernel's merge counters
+        }
         unsafe {
             let f = kern.function(kname(sc, s))?;
             launch(f, (chunks, p.hkv, p.n), 256, rows * p.d * 4, stream, &dp, "cuLaunchKernel(dash_dec_score)")?;
+            if let Some(splits) = fused {
+                let f = kern.function(kname(sat, s))?;
+                return launch_pdl(f, (splits, pl.units, p.n * d.q_len), 128, attn_smem(p.d), stream, &dp, pdl, "cuLaunchKernelEx(dash_dec_sattn)");
+            }
             let f = kern.function(kname("select", s))?;
             launch_pdl(f, (d.q_len, pl.units, p.n), 256, 0, stream, &dp, pdl, "cuLaunchKernelEx(dash_dec_select)")?;
             let f = kern.function(kname(at, s))?;
             // (merges the splits itself: no merge launch)
-            let grid = (3 * dev.props.sm_count.max(1) as usize).min(p.n * pl.units * d.q_len * pl.splits).max(1);
+            let grid = (3 * sms).min(p.n * pl.units * d.q_len * pl.splits).max(1);
             launch_pdl(f, (grid, 1, 1), 128, attn_smem(p.d), stream, &dp, pdl, "cuLaunchKernelEx(dash_dec_attn)")
         }
     } else {
