@@ -67,8 +67,8 @@ struct DecParams {
     int cb;      // v2 score kernel: candidate blocks per CTA
     float *lse;  // v2: [N, Hq, q_len] output or null (v1 merges through MergeParams)
     i64 sl_n, sl_h, sl_l;
-    int *cnt;  // ws [rows_total]: v2 per-row count of finished splits (fused merge)
-    int *items;   // ws [rows_total * splits] int4: v2 attention work list (see write_item)
+    int *cnt;  // ws [rows_total]: v2 per-row count of finished splits (the attention's merge)
+    int *items;   // ws [rows_total * splits] 2 x int4: v2 attention work list (see write_item)
     int *nitems;  // ws [1]: its length (zeroed by the score kernel, appended by select)
     int wchunk;   // v2: blocks per work item (at least; rows with > splits * wchunk blocks use more)
     int flags;    // v2: bit 0: select prefetches the K/V rows of the row's local blocks into L2
@@ -498,15 +498,32 @@ __device__ __forceinline__ i64 score_row(const DecParams &p, int b, int hk, int 
 template <typename T, int D, int RT>
 __device__ __forceinline__ void dec_score(const DecParams &p) {
     constexpr int LPK = D / 8, KPW = 32 / LPK, U = 4, NW = 8;
+    constexpr int STEP = NW * KPW * U;  // keys per pass of the CTA
     extern __shared__ float qs[];
     pdl_trigger();
     const int chunk = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
     if ((chunk | hk | b | threadIdx.x) == 0) *p.nitems = 0;  // the select kernels append to it
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, kg = lane / LPK, kl = lane % LPK;
+    const int j0 = chunk * p.cb, jw = j0 + warp * KPW * U;
+    // Block j's pooled key lives in the page of its first token: table entry (j / bpp) * ppb,
+    // slot j % bpp (bpp = blocks per page when page_size >= B, ppb = pages per block when
+    // page_size < B; the other is 1). 32-bit: j * B < seq_len < 2^31.
+    const int bpp = max(1, p.ps / p.bs), ppb = max(1, p.bs / p.ps);
+    auto pages = [&](int jb, int jend, int *pgo) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            int j = jb + u * KPW + kg;
+            pgo[u] = j < jend ? page_at(p, b, (j / bpp) * ppb) : -1;
+        }
+    };
+    // The length and the first pass's page-table entries load before the q staging (the
+    // entries for the chunk's blocks below nbmax, masked to the length after it arrives).
+    const int len = seq_len(p, b);
+    int pg[U];
+    pages(jw, min(j0 + p.cb, p.nbmax), pg);
     const int G = p.group;
     const int R = p.per_head ? G * p.q_len : p.q_len;
     const float qscale = p.per_head ? p.sigma_c : p.sigma_c / G;
-    if ((p.flags & 2) && chunk == 0)  // the fused select + attention's merge counters
-        for (int lr = threadIdx.x; lr < R; lr += blockDim.x) p.cnt[score_row(p, b, hk, lr)] = 0;
     for (int e = threadIdx.x; e < R * D; e += blockDim.x) {
         int lr = e / D, x = e % D;
         const T *qb = (const T *)p.q + b * p.sq_n + (hk * G) * p.sq_h + x;
@@ -521,12 +538,13 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
         qs[e] = v * qscale;
     }
     __syncthreads();
-    const int len = seq_len(p, b);
-    const i64 t = (i64)len - 1;  // the last row has the most candidates
-    const int ncand = t >= 0 ? (int)max((i64)0, t / p.bs - p.n_local + 1) : 0;
-    const int j0 = chunk * p.cb, j1 = min(ncand, j0 + p.cb);
+    const int t = len - 1;  // the last row has the most candidates
+    const int ncand = t >= 0 ? max(0, t / p.bs - p.n_local + 1) : 0;
+    const int j1 = min(ncand, j0 + p.cb);
     if (j0 >= j1) return;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, kg = lane / LPK, kl = lane % LPK;
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+        if (jw + u * KPW + kg >= j1) pg[u] = -1;
     const T *pc = (const T *)p.pc + hk * p.sp.head + kl * 8;
     for (int lr0 = 0; lr0 < R; lr0 += RT) {
         float qf[RT][8];
@@ -537,18 +555,9 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
         i64 zrow[RT];
 #pragma unroll
         for (int rr = 0; rr < RT; ++rr) zrow[rr] = lr0 + rr < R ? score_row(p, b, hk, lr0 + rr) * p.nbmax : -1;
-        // Page-table entries of the next iteration load while this one's keys are in flight.
-        constexpr int STEP = NW * KPW * U;
-        int pg[U];
-        auto pages = [&](int jb, int *pgo) {
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                int j = jb + u * KPW + kg;
-                pgo[u] = j < j1 ? page_of(p, b, (i64)j * p.bs) : -1;
-            }
-        };
-        pages(j0 + warp * KPW * U, pg);
-        for (int jb = j0 + warp * KPW * U; jb < j1; jb += STEP) {
+        // Page-table entries of the next pass load while this one's keys are in flight.
+        if (lr0 > 0) pages(jw, j1, pg);
+        for (int jb = jw; jb < j1; jb += STEP) {
             uint4 kv[U];
             bool ok[U];
 #pragma unroll
@@ -556,9 +565,9 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
                 int j = jb + u * KPW + kg;
                 ok[u] = pg[u] >= 0;
                 kv[u] = make_uint4(0, 0, 0, 0);
-                if (ok[u]) kv[u] = ldg_stream(pc + pg[u] * p.sp.page + ((((i64)j * p.bs) % p.ps) / p.bs) * p.sp.slot);
+                if (ok[u]) kv[u] = ldg_stream(pc + pg[u] * p.sp.page + (j % bpp) * p.sp.slot);
             }
-            pages(jb + STEP, pg);
+            pages(jb + STEP, j1, pg);
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 float kf[8];
@@ -621,10 +630,12 @@ __device__ __forceinline__ void block_scan(int cnt, int *wc, int &pos, int &tota
         total += wc[w];
     }
 }
-// Work item i of row ru (nit items of `per` blocks; nsel selected blocks): int4
-// (row, split | nsplit << 16, per, nsel).
-__device__ __forceinline__ void write_item(const DecParams &p, int slot, i64 ru, int i, int nit, int per, int nsel) {
-    ((int4 *)p.items)[slot] = make_int4((int)ru, i | (nit << 16), per, nsel);
+// Work item i of row ru (nit items of `per` blocks; nsel selected blocks; the sequence's
+// length; the item's first block jf and its log-prior bf): two int4, (row, split | nsplit
+// << 16, per, nsel) and (len, jf, bf, 0).
+__device__ __forceinline__ void write_item(const DecParams &p, int slot, i64 ru, int i, int nit, int per, int nsel, int len, int jf, float bf) {
+    ((int4 *)p.items)[2 * slot] = make_int4((int)ru, i | (nit << 16), per, nsel);
+    ((int4 *)p.items)[2 * slot + 1] = make_int4(len, jf, __float_as_int(bf), 0);
 }
 
 // Shared-memory scratch of select_row (the caller may alias memory that is idle meanwhile):
@@ -858,11 +869,17 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     int *si = p.sel_idx + ru * p.nbmax;
     float *sb = p.sel_beta + ru * p.nbmax;
     const SelSmem sm{act_s, act_j, red, redd, wcnt, bc};
+    // The first selected block of each work item (position a multiple of `per`) also goes
+    // into the item (firsts[item]); per as computed below from the list length.
+    __shared__ int2 firsts[64];
+    const int nloc = t >= 0 ? (int)(t / p.bs - max((i64)0, t / p.bs - p.n_local + 1) + 1) : 0;
     int total;
     float tau;
-    select_row<SEL_NT, SEL_C>(p.z + ru * p.nbmax, ncand, alpha, sm, [&](int pos, int, int j, float beta) {
+    select_row<SEL_NT, SEL_C>(p.z + ru * p.nbmax, ncand, alpha, sm, [&](int pos, int tot, int j, float beta) {
         si[pos] = j;
         sb[pos] = beta;
+        const int per = max(p.wchunk, (tot + nloc + p.splits - 1) / p.splits);
+        if (pos % per == 0) firsts[pos / per] = make_int2(j, __float_as_int(beta));
     }, total, tau);
     if (tid == 0) {
         p.sel_n[ru] = total;
@@ -872,7 +889,7 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     // `per`; their order in the list does not matter (each item's result and the row's
     // merge are order-independent).
     __shared__ int ibase;
-    const int nblk = t >= 0 ? total + (int)(t / p.bs - max((i64)0, t / p.bs - p.n_local + 1) + 1) : 0;
+    const int nblk = total + nloc;
     if (nblk == 0) {  // nothing attended: o = 0, lse = -inf
         T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
         const int hpu = p.per_head ? 1 : p.group;
@@ -883,8 +900,13 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     }
     const int per = max(p.wchunk, (nblk + p.splits - 1) / p.splits), nit = (nblk + per - 1) / per;
     if (tid == 0) ibase = atomicAdd(p.nitems, nit);
-    __syncthreads();
-    for (int i = tid; i < nit; i += SEL_NT) write_item(p, ibase + i, ru, i, nit, per, total);
+    __syncthreads();  // (also orders the firsts)
+    const int first_local = (int)max((i64)0, t / p.bs - p.n_local + 1);
+    for (int i = tid; i < nit; i += SEL_NT) {
+        const int m0 = i * per;
+        const int2 f = m0 < total ? firsts[i] : make_int2(first_local + m0 - total, 0);
+        write_item(p, ibase + i, ru, i, nit, per, total, len, f.x, __int_as_float(f.y));
+    }
 }
 
 // ---------------------------------------------------------------- v2 split-KV attention
@@ -936,11 +958,38 @@ __device__ __forceinline__ float4 ldcg4(const float *ptr) {
 
 // K and V of one tile (keys [i0, i0 + cnt), cnt <= TK <= 64) of KV head hk of sequence b
 // into smem (swizzled rows, cp.async 16 bytes a thread and chunk, zero-filled past cnt or
-// on a bad page; okt[ii] = key ii is valid), committed as one group. sm_90+: the
-// page-table entries load first, all at once (no table load in front of each copy).
+// on a bad page; okt[ii] = key ii is valid), committed as one group. one_page (the tile in
+// one page): one table entry and constant address steps. Otherwise per key: sm_90+ loads
+// the tile's page-table entries first, all at once; sm_80 one in front of each copy.
 template <typename T, int D, int NT>
-__device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, int i0, int cnt, int TK, u16 *kd, u16 *vd, int *okt) {
-    constexpr int CPK = D / 8;
+__device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, int i0, int cnt, int TK, bool one_page, u16 *kd, u16 *vd, int *okt) {
+    constexpr int CPK = D / 8, RPP = NT / CPK;  // 16-byte chunks per key; keys per pass
+    static_assert(RPP % 8 == 0, "the swizzle repeats every 8 rows");
+    if (one_page) {
+        // The tile lies in one page (page_size a multiple of TK, tiles start at multiples of
+        // TK): one table entry, then constant strides (thread: key ii0 + k * RPP, chunk col).
+        const int pi = i0 / p.ps, r0 = i0 - pi * p.ps;
+        const int pg = cnt > 0 ? page_at(p, b, pi) : -1;
+        const int ii0 = threadIdx.x / CPK, col = threadIdx.x % CPK;
+        const T *ks = (const T *)p.kc, *vs = (const T *)p.vc;
+        if (pg >= 0) {
+            ks += pg * p.sk.page + (i64)(r0 + ii0) * p.sk.slot + hk * p.sk.head + col * 8;
+            vs += pg * p.sv.page + (i64)(r0 + ii0) * p.sv.slot + hk * p.sv.head + col * 8;
+        }
+        const int so0 = swz<D>(ii0, col);
+#pragma unroll
+        for (int k = 0; k < 64 / RPP; ++k) {
+            const int ii = ii0 + k * RPP;
+            if (ii < TK) {
+                const bool ok = pg >= 0 && ii < cnt;
+                cp_async16(smem_u32(kd + so0 + k * RPP * D), ok ? ks + k * RPP * p.sk.slot : (const T *)p.kc, ok ? 16 : 0);
+                cp_async16(smem_u32(vd + so0 + k * RPP * D), ok ? vs + k * RPP * p.sv.slot : (const T *)p.vc, ok ? 16 : 0);
+                if (col == 0) okt[ii] = ok;
+            }
+        }
+        cp_commit();
+        return;
+    }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
     // sm_80: the per-copy table lookup (the batched one below spills 8 bytes there, under
     // the attention kernel's 3-CTAs-per-SM register cap).
@@ -1113,16 +1162,38 @@ __device__ __forceinline__ void merge_warp_states(const float (&oacc)[D / 8][4],
     __syncthreads();
 }
 
+// Q rows of the unit (heads h0 .. h0 + hpu - 1 of query row r; rows >= hpu zero): loads
+// into registers (QPT a thread), then the stores to sQ, so that a caller can issue other
+// loads in between.
+#define Q_PER_THREAD(D) (16 * (D) / ATT_NT)
+template <typename T, int D>
+__device__ __forceinline__ void load_q_regs(const DecParams &p, u16 (&qv)[Q_PER_THREAD(D)], int b, int r, int h0, int hpu) {
+#pragma unroll
+    for (int k = 0; k < Q_PER_THREAD(D); ++k) {
+        const int e = threadIdx.x + k * ATT_NT, g = e / D, x = e % D;
+        qv[k] = g < hpu ? ((const u16 *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x] : (u16)0;
+    }
+}
+template <int D>
+__device__ __forceinline__ void store_q_regs(u16 *sQ, const u16 (&qv)[Q_PER_THREAD(D)]) {
+#pragma unroll
+    for (int k = 0; k < Q_PER_THREAD(D); ++k) {
+        const int e = threadIdx.x + k * ATT_NT, g = e / D, x = e % D;
+        sQ[swz<D>(g, x >> 3) + (x & 7)] = qv[k];
+    }
+}
+
 // One work item of the split-KV attention: list positions [m0, m1) of row ru's blocks (its
-// nsel selected blocks, position m from src(m, j, beta), then its local blocks), split s of
-// nsplit, in tiles of TK = min(B, 64) keys; the unit's Q rows already in sQ (visible after
-// the first barrier here). A row with one split writes o / lse directly; otherwise the split
-// writes its partial and the last split of the row to finish (counter p.cnt[ru], zeroed
-// before the kernel and again by that split) merges all partials in split order
-// (deterministic whichever CTA it is). Called by every thread; ends with a barrier.
-template <typename T, int D, class Src>
-__device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, const u16 *sQ, int *okm, float *wm, float *wl, float *mw, int *flag,
-                                          i64 ru, int b, int r, int h0, int hpu, int len, int s, int nsplit, int m0, int m1, int nsel, Src src) {
+// nsel selected blocks from the workspace list, then its local blocks; position m0's block
+// jf and log-prior bf come with the item, so the first tile's copies wait only on the page
+// table), split s of nsplit, in tiles of TK = min(B, 64) keys; the unit's Q rows load to sQ
+// while the first tile's copies are issued. A row with one split writes o / lse directly;
+// otherwise the split writes its partial and the last split of the row to finish (counter
+// p.cnt[ru], zeroed by dec_select) merges all partials in split order (deterministic
+// whichever CTA it is). Called by every thread; ends with a barrier.
+template <typename T, int D>
+__device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, u16 *sQ, int *okm, float *wm, float *wl, float *mw, int *flag,
+                                          int ru, int b, int r, int h0, int hpu, int len, int s, int nsplit, int m0, int m1, int nsel, int jf, float bf) {
     constexpr int TKM = 64, NTO = D / 8;
     float *wo = (float *)sK;  // [4][16][D] after the item's tiles (reuses K/V)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -1138,10 +1209,15 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     const int tt0 = m0 * npb, tt1 = m1 * npb;
     const int tend = min(len, t + 1);  // keys [0, tend) may be attended
     T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
+    const bool one_page = p.ps % TK == 0;
     auto tile = [&](int tt, float &beta, int &i0, int &cnt) {
         int m = tt / npb, sub = tt % npb, j;
-        if (m < nsel) {
-            src(m, j, beta);
+        if (m == m0) {
+            j = jf;
+            beta = bf;
+        } else if (m < nsel) {
+            j = p.sel_idx[(i64)ru * p.nbmax + m];
+            beta = p.sel_beta[(i64)ru * p.nbmax + m];
         } else {
             j = first_local + (m - nsel);
             beta = 0.f;
@@ -1153,9 +1229,24 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
         float beta;
         int i0, cnt;
         tile(tt, beta, i0, cnt);
-        load_kv_tile<T, D, ATT_NT>(p, b, hk, i0, cnt, TK, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM);
+        load_kv_tile<T, D, ATT_NT>(p, b, hk, i0, cnt, TK, one_page, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM);
     };
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    // sm_80: Q straight to smem, then the first tile (holding Q in registers across the
+    // issue spilled there)
+    for (int e = tid; e < 16 * D; e += ATT_NT) {
+        const int g = e / D, x = e % D;
+        sQ[swz<D>(g, x >> 3) + (x & 7)] = g < hpu ? ((const u16 *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x] : (u16)0;
+    }
     issue(tt0, 0);
+#else
+    {
+        u16 qv[Q_PER_THREAD(D)];
+        load_q_regs<T, D>(p, qv, b, r, h0, hpu);
+        issue(tt0, 0);
+        store_q_regs<D>(sQ, qv);  // visible after the loop's first barrier
+    }
+#endif
     float oacc[NTO][4];
 #pragma unroll
     for (int i = 0; i < NTO; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
@@ -1242,18 +1333,7 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     __syncthreads();  // smem reuse by the caller
 }
 
-// Q rows of the unit (heads h0 .. h0 + hpu - 1 of query row r; rows >= hpu zero) to sQ.
-template <typename T, int D>
-__device__ __forceinline__ void load_q_rows(const DecParams &p, u16 *sQ, int b, int r, int h0, int hpu) {
-    for (int e = threadIdx.x; e < 16 * D; e += ATT_NT) {
-        int g = e / D, x = e % D;
-        T v = from_f<T>(0.f);
-        if (g < hpu) v = ((const T *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x];
-        sQ[swz<D>(g, x >> 3) + (x & 7)] = *(u16 *)&v;
-    }
-}
-
-// Shared memory of dec_attn / dec_sattn (dynamic): K, V [2][64][D] and Q [16][D] (T), ok
+// Shared memory of dec_attn (dynamic): K, V [2][64][D] and Q [16][D] (T), ok
 // [2][64] ints, warp m / l [4][16] each, weights [16][64], flag.
 #define DEC_SMEM_LAYOUT(D)                                                                        \
     extern __shared__ uint4 smv[];                                                                 \
@@ -1270,99 +1350,24 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     const int hpu = p.per_head ? 1 : p.group;
     pdl_wait();
     // The count and this CTA's first item load together (the list has >= gridDim.x slots).
+    const int4 *items = (const int4 *)p.items;
     const int nitems = *p.nitems;
-    int4 item = ((const int4 *)p.items)[blockIdx.x];
+    int4 ia = items[2 * blockIdx.x], ib = items[2 * blockIdx.x + 1];
     for (int it = blockIdx.x; it < nitems; it += gridDim.x) {
-        if (it != blockIdx.x) item = ((const int4 *)p.items)[it];
-        const i64 ru = item.x;
-        const int s = item.y & 0xffff, nsplit = item.y >> 16, per = item.z, nsel = item.w;
-        const int r = (int)(ru % p.q_len), u = (int)((ru / p.q_len) % units), b = (int)(ru / ((i64)p.q_len * units));
+        if (it != blockIdx.x) {
+            ia = items[2 * it];
+            ib = items[2 * it + 1];
+        }
+        // (row, split | nsplit << 16, per, nsel), (seq_len, first block, its log-prior, -)
+        const int ru = ia.x, s = ia.y & 0xffff, nsplit = ia.y >> 16, per = ia.z, nsel = ia.w;
+        const int r = ru % p.q_len, u = (ru / p.q_len) % units, b = ru / (p.q_len * units);
         const int h0 = p.per_head ? u : u * p.group;
-        const int len = seq_len(p, b);
-        const i64 c = ((i64)len - p.q_len + r) / p.bs;
-        const int total = nsel + (int)(c - max((i64)0, c - p.n_local + 1) + 1);
-        load_q_rows<T, D>(p, sQ, b, r, h0, hpu);
-        attn_item<T, D>(p, sK, sV, sQ, okm, wm, wl, mw, flag, ru, b, r, h0, hpu, len, s, nsplit, s * per, min(total, (s + 1) * per), nsel,
-                        [&](int m, int &j, float &beta) {
-                            j = p.sel_idx[ru * p.nbmax + m];
-                            beta = p.sel_beta[ru * p.nbmax + m];
-                        });
+        const int len = ib.x;
+        const int c = (len - p.q_len + r) / p.bs;
+        const int total = nsel + (c - max(0, c - p.n_local + 1) + 1);
+        attn_item<T, D>(p, sK, sV, sQ, okm, wm, wl, mw, flag, ru, b, r, h0, hpu, len, s, nsplit, s * per, min(total, (s + 1) * per), nsel, ib.y,
+                        __int_as_float(ib.z));
     }
-}
-
-// ---------------------------------------------------------------- v2 fused select + attention
-// For few rows (the latency-bound case): grid (S, units, N * q_len), block ATT_NT. Every one
-// of the S CTAs of a row runs select_row on the row's scores (the same code on the same
-// values: every CTA gets the same tau and list), keeps the list positions of its own split
-// (blocks [s * per, (s + 1) * per), per = ceil(blocks / S)) in shared memory and attends
-// them (attn_item; splits past the row's blocks do nothing). No select kernel, no work list:
-// one kernel boundary and its dependent loads less. The merge counters are zeroed by the
-// score kernel (flags & 2). Shared memory as dec_attn; the select's scratch aliases the K/V
-// stages (idle until the first tile), the split's list the weights (idle until the merge):
-// at most DEC_SATTN_CAP entries (the host checks ceil(blocks / S) against it). D = 128 runs
-// 2 CTAs per SM (under the 3-per-SM cap of 168 registers its tile loop spilled; the host
-// sizes S by the same occupancy).
-#define DEC_SATTN_CAP 512
-template <typename T, int D>
-__device__ __forceinline__ void dec_sattn(const DecParams &p) {
-    DEC_SMEM_LAYOUT(D)
-    const int s = blockIdx.x, S = gridDim.x, u = blockIdx.y, b = blockIdx.z / p.q_len, r = blockIdx.z % p.q_len, tid = threadIdx.x;
-    const int units = p.per_head ? p.hq : p.hkv;
-    const int hpu = p.per_head ? 1 : p.group;
-    const int h0 = p.per_head ? u : u * p.group;
-    const i64 ru = ((i64)b * units + u) * p.q_len + r;
-    // Before the wait: inputs only (lengths, alpha, q, page table, K/V).
-    const int len = seq_len(p, b);
-    const i64 t = (i64)len - p.q_len + r;
-    const int ncand = t >= 0 ? (int)max((i64)0, t / p.bs - p.n_local + 1) : 0;
-    const float alpha = fminf(fmaxf(p.head_alpha ? p.head_alpha[h0 * p.ha_stride] : p.alpha, 1.f), 2.f);
-    load_q_rows<T, D>(p, sQ, b, r, h0, hpu);
-    if ((p.flags & 1) && s == S - 1 && t >= 0 && r == p.q_len - 1 && h0 % p.group == 0) {
-        const i64 k0 = (i64)ncand * p.bs, k1 = min((i64)len, t + 1);  // the local blocks, to L2
-        for (i64 k = k0 + tid; k < k1; k += ATT_NT) {
-            const int pg = page_of(p, b, k);
-            if (pg >= 0) prefetch_kv_row(p, pg, k % p.ps, h0 / p.group);
-        }
-    }
-    pdl_wait();  // the score kernel's z and zeroed counters are visible after this
-    if (t < 0) {  // nothing to attend: o = 0, lse = -inf
-        if (s == 0) {
-            T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
-            for (int e = tid; e < hpu * D; e += ATT_NT) ob[(h0 + e / D) * p.so_h + e % D] = from_f<T>(0.f);
-            if (p.lse)
-                for (int g = tid; g < hpu; g += ATT_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = -DA_INF;
-        }
-        return;
-    }
-    const i64 c = t / p.bs;
-    const int nloc = (int)(c - max((i64)0, c - p.n_local + 1) + 1);
-    float *act_s = (float *)sK;
-    int *act_j = (int *)(act_s + SEL_ACT);
-    float *red = (float *)(act_j + SEL_ACT);
-    double *redd = (double *)(red + 32);
-    int *wcnt = (int *)(redd + 128), *bc = wcnt + ATT_NT / 32;
-    int2 *list = (int2 *)mw;
-    const SelSmem sm{act_s, act_j, red, redd, wcnt, bc};
-    int nsel;
-    float tau;
-    select_row<ATT_NT, 2048 / ATT_NT>(p.z + ru * p.nbmax, ncand, alpha, sm, [&](int pos, int total, int j, float beta) {
-        const int per = (total + nloc + S - 1) / S, lo = s * per;
-        if (pos >= lo && pos < lo + per) list[pos - lo] = make_int2(j, __float_as_int(beta));
-    }, nsel, tau);
-    __syncthreads();  // the list (and the select's last use of the K/V stages) done
-    if (s == 0 && tid == 0) {
-        p.sel_n[ru] = nsel;
-        p.tau[ru] = tau;
-    }
-    const int total = nsel + nloc, per = (total + S - 1) / S, nw = (total + per - 1) / per;
-    if (s >= nw) return;
-    const int2 *mine = list - s * per;  // indexed by list position
-    attn_item<T, D>(p, sK, sV, sQ, okm, wm, wl, mw, flag, ru, b, r, h0, hpu, len, s, nw, s * per, min(total, (s + 1) * per), nsel,
-                    [&](int m, int &j, float &beta) {
-                        const int2 e = mine[m];
-                        j = e.x;
-                        beta = __int_as_float(e.y);
-                    });
 }
 
 #define DASH_DEC_INSTANTIATE(T, NAME)                                                                 \
@@ -1377,9 +1382,7 @@ __device__ __forceinline__ void dec_sattn(const DecParams &p) {
     extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d128_r4_##NAME(DecParams p) { dec_score<T, 128, 4>(p); } \
     extern "C" __global__ void __launch_bounds__(SEL_NT) dash_dec_select_##NAME(DecParams p) { dec_select<T>(p); } \
     extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d64_##NAME(DecParams p) { dec_attn<T, 64>(p); } \
-    extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d128_##NAME(DecParams p) { dec_attn<T, 128>(p); } \
-    extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_sattn_d64_##NAME(DecParams p) { dec_sattn<T, 64>(p); } \
-    extern "C" __global__ void __launch_bounds__(ATT_NT, 2) dash_dec_sattn_d128_##NAME(DecParams p) { dec_sattn<T, 128>(p); }
+    extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d128_##NAME(DecParams p) { dec_attn<T, 128>(p); }
 
 DASH_DEC_INSTANTIATE(f16_t, f16)
 DASH_DEC_INSTANTIATE(bf16_t, bf16)

@@ -123,11 +123,7 @@ fn kname(base: &str, s: &str) -> &'static str {
         ("attn64", "bf16") => "dash_dec_attn_d64_bf16",
         ("attn64", _) => "dash_dec_attn_d64_f16",
         ("attn128", "bf16") => "dash_dec_attn_d128_bf16",
-        ("attn128", _) => "dash_dec_attn_d128_f16",
-        ("sattn64", "bf16") => "dash_dec_sattn_d64_bf16",
-        ("sattn64", _) => "dash_dec_sattn_d64_f16",
-        ("sattn128", "bf16") => "dash_dec_sattn_d128_bf16",
-        _ => "dash_dec_sattn_d128_f16",
+        _ => "dash_dec_attn_d128_f16",
     }
 }
 
@@ -158,30 +154,6 @@ fn fast_path(dev: &CudaDevice, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, hpu
         && attn_smem(p.d) <= optin
 }
 
-/// Rows (sequence x selection unit x query row) up to which the fused select + attention
-/// kernel replaces the select and attention kernels: there the step is a chain of dependent
-/// round trips, and every CTA of a row solving the row's threshold itself saves a kernel
-/// boundary and the work list's loads. Beyond it the work list balances uneven rows.
-const FUSED_MAX_ROWS: usize = 32;
-/// List entries a fused CTA keeps in shared memory (DEC_SATTN_CAP in kernels/decode.cu).
-const FUSED_CAP: usize = 512;
-
-/// CTAs per row of the fused kernel (one wave: 2 or 3 per SM over all rows, at most the workspace's
-/// splits; grid (splits, units, seq_rows = N x q_len)), or None when the fused kernel does not apply: too many rows, a row's share of
-/// blocks could exceed FUSED_CAP, or DASHATTN_DEC_FUSED=0 (A/B measurements and tests of
-/// both paths). A function of shapes only (graph replay).
-fn fused_splits(sms: usize, d: usize, rows_total: usize, seq_rows: usize, pl: &Plan) -> Option<usize> {
-    let env = std::env::var("DASHATTN_DEC_FUSED").ok();
-    if env.as_deref() == Some("0") || rows_total == 0 || (rows_total > FUSED_MAX_ROWS && env.as_deref() != Some("1")) {
-        return None;
-    }
-    // CTAs per SM of dash_dec_sattn_* (its launch bounds in kernels/decode.cu)
-    let per_sm = if d == 128 { 2 } else { 3 };
-    let splits = (per_sm * sms / rows_total).clamp(1, pl.splits);
-    // a row has at most nbmax + 1 blocks (candidates + local)
-    ((pl.nbmax + 1).div_ceil(splits) <= FUSED_CAP && seq_rows <= 65535).then_some(splits)
-}
-
 struct Plan {
     units: usize,
     hpu: usize,
@@ -199,7 +171,7 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
         bail!(Unsupported, "the CUDA decode supports N <= 65535");
     }
     let (units, hpu) = if cfg.selection == Selection::PerHead { (d.hq, 1) } else { (p.hkv, d.group) };
-    if units > 65535 || p.n.checked_mul(units).is_none_or(|x| x > i32::MAX as usize) {
+    if units > 65535 || p.n.checked_mul(units * d.q_len).is_none_or(|x| x > i32::MAX as usize) {
         bail!(Unsupported, "the CUDA decode supports at most 65535 selection units (KV heads, or query heads with per-head selection)");
     }
     let nbmax = (p.max_pages * p.page_size / cfg.block_size).max(1);
@@ -223,7 +195,7 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
         b(&[splits, p.n, d.q_len, d.hq, p.d, 4])?,
         b(&[splits, p.n, d.hq, d.q_len, 4])?,
         b(&[rows, 4])?,
-        b(&[rows, splits, 16])?,
+        b(&[rows, splits, 32])?,
         4,
     ])?;
     Ok(Plan { units, hpu, nbmax, splits, layout })
@@ -338,28 +310,24 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
             bail!(Unsupported, "the CUDA decode supports Hkv <= 65535");
         }
         let rows = if cfg.selection == Selection::PerHead { d.group * d.q_len } else { d.q_len };
-        let (sc, at, sat) = if p.d == 64 { ("score64", "attn64", "sattn64") } else { ("score128", "attn128", "sattn128") };
+        let (sc, at) = if p.d == 64 { ("score64", "attn64") } else { ("score128", "attn128") };
         let sc = if rows == 1 { sc } else if p.d == 64 { "score64r4" } else { "score128r4" };
         // Programmatic dependent launch of select and attention on sm_90+ (their kernels
         // wait on the previous grid first); DASHATTN_NO_PDL=1 turns it off.
         let pdl = dev.props.cc_major >= 9 && !std::env::var("DASHATTN_NO_PDL").is_ok_and(|v| v == "1");
         let sms = dev.props.sm_count.max(1) as usize;
-        let fused = fused_splits(sms, p.d, rows_total, p.n * d.q_len, &pl);
-        if fused.is_some() {
-            dp.flags |= 2; // the score kernel zeroes the fused kernel's merge counters
-        }
+        // Splits per row for the work items: with few rows, as many as the attention grid
+        // (3 CTAs per SM) holds at one item per CTA (a CTA takes items one after another,
+        // without prefetching across them); otherwise at least 16 for balance.
+        let grid = (3 * sms).min(p.n * pl.units * d.q_len * pl.splits).max(1);
+        dp.splits = (3 * sms / rows_total.max(1)).clamp(16, pl.splits.max(16)).min(pl.splits) as i32;
         unsafe {
             let f = kern.function(kname(sc, s))?;
             launch(f, (chunks, p.hkv, p.n), 256, rows * p.d * 4, stream, &dp, "cuLaunchKernel(dash_dec_score)")?;
-            if let Some(splits) = fused {
-                let f = kern.function(kname(sat, s))?;
-                return launch_pdl(f, (splits, pl.units, p.n * d.q_len), 128, attn_smem(p.d), stream, &dp, pdl, "cuLaunchKernelEx(dash_dec_sattn)");
-            }
             let f = kern.function(kname("select", s))?;
             launch_pdl(f, (d.q_len, pl.units, p.n), 256, 0, stream, &dp, pdl, "cuLaunchKernelEx(dash_dec_select)")?;
             let f = kern.function(kname(at, s))?;
             // (merges the splits itself: no merge launch)
-            let grid = (3 * sms).min(p.n * pl.units * d.q_len * pl.splits).max(1);
             launch_pdl(f, (grid, 1, 1), 128, attn_smem(p.d), stream, &dp, pdl, "cuLaunchKernelEx(dash_dec_attn)")
         }
     } else {
