@@ -172,7 +172,10 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
     }
     let (units, hpu) = if cfg.selection == Selection::PerHead { (d.hq, 1) } else { (p.hkv, d.group) };
     if units > 65535 || p.n.checked_mul(units * d.q_len).is_none_or(|x| x > i32::MAX as usize) {
-        bail!(Unsupported, "the CUDA decode supports at most 65535 selection units (KV heads, or query heads with per-head selection)");
+        bail!(
+            Unsupported,
+            "the CUDA decode supports at most 65535 selection units (KV heads, or query heads with per-head selection) and 2^31 - 1 rows (sequences x units x query rows)"
+        );
     }
     let nbmax = (p.max_pages * p.page_size / cfg.block_size).max(1);
     let rows = p.n * units * d.q_len;
