@@ -638,7 +638,7 @@ __device__ __forceinline__ void write_item(const DecParams &p, int slot, i64 ru,
     ((int4 *)p.items)[2 * slot + 1] = make_int4(len, jf, __float_as_int(bf), 0);
 }
 
-// Shared-memory scratch of select_row (the caller may alias memory that is idle meanwhile):
+// Shared-memory scratch of select_row (the caller's arrays):
 // act_s / act_j [SEL_ACT], red [32] floats, redd [128] doubles, wcnt [NT / 32], bc [2].
 struct SelSmem {
     float *act_s;

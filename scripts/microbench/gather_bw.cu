@@ -56,19 +56,35 @@ __device__ __forceinline__ void tma4(uint32_t d, const CUtensorMap *m, int c0, i
                  : "memory");
 }
 
+// This CTA's tiles: items blockIdx.x, + gridDim.x, ... of `per` tiles each; idx-th tile's
+// global index (false past the list), and how many there are.
+__device__ __forceinline__ bool tile_of(const Args &a, int idx, int &g) {
+    const int nit = (a.ntiles + a.per - 1) / a.per;
+    const int it = blockIdx.x + (idx / a.per) * gridDim.x;
+    if (it >= nit) return false;
+    g = it * a.per + idx % a.per;
+    return g < a.ntiles;
+}
+__device__ __forceinline__ int cta_tiles(const Args &a) {
+    const int nit = (a.ntiles + a.per - 1) / a.per;
+    int n = 0;
+    for (int it = blockIdx.x; it < nit; it += gridDim.x) n += min(a.per, a.ntiles - it * a.per);
+    return n;
+}
+// The light consumer: reads a stage's K and V tiles (2 x TK rows of 16 chunks) from smem.
+__device__ __forceinline__ void consume(const uint8_t *stage, float &acc) {
+    const uint4 *kd = (const uint4 *)stage;
+#pragma unroll 4
+    for (int e = threadIdx.x; e < 2 * TK * 16; e += NT) {
+        uint4 x = kd[e];
+        acc += __uint_as_float(x.x & 0x3fffffff) * 1e-30f + __uint_as_float(x.w & 0x3fffffff) * 1e-30f;
+    }
+}
+
 template <int S>
 __global__ void __launch_bounds__(NT) k_ldgsts(Args a) {
     extern __shared__ __align__(1024) uint8_t sm[];
-    const int nit = (a.ntiles + a.per - 1) / a.per;
     float acc = 0.f;
-    // tile list of this CTA: items blockIdx.x, +grid, ...; cross: one pipeline over all.
-    auto tile_of = [&](int idx, int &g) -> bool {  // idx-th tile of this CTA
-        int k = idx / a.per, w = idx % a.per;
-        int it = blockIdx.x + k * gridDim.x;
-        if (it >= nit) return false;
-        g = it * a.per + w;
-        return g < a.ntiles;
-    };
     auto issue = [&](int g, int st) {
         int2 t = a.tiles[g];
         const uint16_t *kb = a.k + t.y * a.pstr + t.x * a.hstr, *vb = a.v + t.y * a.pstr + t.x * a.hstr;
@@ -81,32 +97,22 @@ __global__ void __launch_bounds__(NT) k_ldgsts(Args a) {
             cp16(smem_u32(vd + so), vb + r * a.rstr + c * 8);
         }
     };
-    auto consume = [&](int st) {
-        const uint4 *kd = (const uint4 *)(sm + st * 2 * TILEB);
-#pragma unroll 4
-        for (int e = threadIdx.x; e < 2 * TK * 16; e += NT) {
-            uint4 x = kd[e];
-            acc += __uint_as_float(x.x & 0x3fffffff) * 1e-30f + __uint_as_float(x.w & 0x3fffffff) * 1e-30f;
-        }
-    };
-    // ntot: tiles of this CTA
-    int ntot = 0;
-    for (int it = blockIdx.x; it < nit; it += gridDim.x) ntot += min(a.per, a.ntiles - it * a.per);
+    const int ntot = cta_tiles(a);
     int i = 0;
     while (i < ntot) {
         // segment: the whole list (cross) or one item
         int seg_end = a.cross ? ntot : min(ntot, (i / a.per + 1) * a.per);
         int g;
         for (int s = 0; s < S - 1; ++s) {
-            if (i + s < seg_end && tile_of(i + s, g)) issue(g, (i + s) % S);
+            if (i + s < seg_end && tile_of(a, i + s, g)) issue(g, (i + s) % S);
             commit();
         }
         for (; i < seg_end; ++i) {
-            if (i + S - 1 < seg_end && tile_of(i + S - 1, g)) issue(g, (i + S - 1) % S);
+            if (i + S - 1 < seg_end && tile_of(a, i + S - 1, g)) issue(g, (i + S - 1) % S);
             commit();
             waitg<S - 1>();
             __syncthreads();
-            consume(i % S);
+            consume(sm + (i % S) * 2 * TILEB, acc);
             __syncthreads();
         }
         waitg<0>();
@@ -122,19 +128,11 @@ __global__ void __launch_bounds__(NT) k_async(Args a, const __grid_constant__ CU
     constexpr int RB = MODE == 0 ? ROWB + 16 : ROWB;  // padded row stride for bulk
     constexpr int SB = 2 * TK * RB;                  // stage bytes
     __shared__ uint64_t full[S];
-    const int nit = (a.ntiles + a.per - 1) / a.per;
     if (threadIdx.x == 0)
         for (int s = 0; s < S; ++s) mb_init(&full[s], 1);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     __syncthreads();
     float acc = 0.f;
-    auto tile_of = [&](int idx, int &g) -> bool {
-        int k = idx / a.per, w = idx % a.per;
-        int it = blockIdx.x + k * gridDim.x;
-        if (it >= nit) return false;
-        g = it * a.per + w;
-        return g < a.ntiles;
-    };
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     auto issue = [&](int g, int st) {  // warp 0
         int2 t = a.tiles[g];
@@ -164,28 +162,19 @@ __global__ void __launch_bounds__(NT) k_async(Args a, const __grid_constant__ CU
             tma4(smem_u32(vd + TILEB / 2), &mv, 64, c1, c2, t.y, &full[st]);
         }
     };
-    auto consume = [&](int st) {
-        const uint4 *kd = (const uint4 *)(sm + st * SB);
-#pragma unroll 4
-        for (int e = threadIdx.x; e < 2 * TK * 16; e += NT) {
-            uint4 x = kd[e];
-            acc += __uint_as_float(x.x & 0x3fffffff) * 1e-30f + __uint_as_float(x.w & 0x3fffffff) * 1e-30f;
-        }
-    };
-    int ntot = 0;
-    for (int it = blockIdx.x; it < nit; it += gridDim.x) ntot += min(a.per, a.ntiles - it * a.per);
+    const int ntot = cta_tiles(a);
     int i = 0;
     while (i < ntot) {
         int seg_end = a.cross ? ntot : min(ntot, (i / a.per + 1) * a.per);
         int g;
         if (warp == 0)
             for (int s = 0; s < S - 1; ++s)
-                if (i + s < seg_end && tile_of(i + s, g)) issue(g, (i + s) % S);
+                if (i + s < seg_end && tile_of(a, i + s, g)) issue(g, (i + s) % S);
         for (; i < seg_end; ++i) {
-            if (warp == 0 && i + S - 1 < seg_end && tile_of(i + S - 1, g)) issue(g, (i + S - 1) % S);
+            if (warp == 0 && i + S - 1 < seg_end && tile_of(a, i + S - 1, g)) issue(g, (i + S - 1) % S);
             const int st = i % S;
             mb_wait(&full[st], (i / S) & 1);
-            consume(st);
+            consume(sm + st * SB, acc);
             __syncthreads();
         }
     }
