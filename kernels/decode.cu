@@ -23,6 +23,25 @@
 // Generic helpers from common.cuh (build.rs inlines it for NVRTC: no include path).
 #include "common.cuh"
 #define DA_INF (__int_as_float(0x7f800000))
+// Development timeline (scripts/microbench/decode_trace.cu builds this file with
+// -DDASH_TRACE): thread 0 of a CTA stamps %globaltimer into dash_trace[slot][k]; compiled
+// out otherwise.
+#ifdef DASH_TRACE
+__device__ unsigned long long dash_trace[8192][8];
+#define DTRACE(slot, k)                                                       \
+    do {                                                                      \
+        if (threadIdx.x == 0) {                                               \
+            unsigned long long t_;                                            \
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_)::"memory"); \
+            dash_trace[slot][k] = t_;                                         \
+        }                                                                     \
+    } while (0)
+#else
+#define DTRACE(slot, k) \
+    do {                \
+        (void)(slot);   \
+    } while (0)
+#endif
 
 // 16-bit storage types; conversions through PTX cvt (sm_80+).
 struct f16_t { u16 x; };
@@ -71,7 +90,8 @@ struct DecParams {
     int *items;   // ws [rows_total * splits] 2 x int4: v2 attention work list (see write_item)
     int *nitems;  // ws [1]: its length (zeroed by the score kernel, appended by select)
     int wchunk;   // v2: blocks per work item (at least; rows with > splits * wchunk blocks use more)
-    int flags;    // v2: bit 0: select prefetches the K/V rows of the row's local blocks into L2
+    int flags;    // v2: bit 0: select prefetches the K/V rows of the row's local blocks into L2;
+                  // bit 1: q rows are 16-byte aligned (vector loads)
 };
 // Must match src/cuda/decode.rs `DecParams` (#[repr(C)]).
 static_assert(sizeof(DecParams) == 424, "DecParams layout");
@@ -495,11 +515,13 @@ __device__ __forceinline__ i64 score_row(const DecParams &p, int b, int hk, int 
 // G * q_len (per head). A group of D/8 lanes holds one pooled key (16 bytes a lane); each
 // lane group keeps U keys in flight. RT rows are scored per pass over the keys (RT = 1
 // when R = 1, else 4: further row groups re-read the keys, from L2).
-template <typename T, int D, int RT>
+template <typename T, int D, int RT, bool PRE>
 __device__ __forceinline__ void dec_score(const DecParams &p) {
     constexpr int LPK = D / 8, KPW = 32 / LPK, U = 4, NW = 8;
     constexpr int STEP = NW * KPW * U;  // keys per pass of the CTA
     extern __shared__ float qs[];
+    const int tslot = (blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)) & 4095;
+    DTRACE(tslot, 0);
     pdl_trigger();
     const int chunk = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
     if ((chunk | hk | b | threadIdx.x) == 0) *p.nitems = 0;  // the select kernels append to it
@@ -517,10 +539,19 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
         }
     };
     // The length and the first pass's page-table entries load before the q staging (the
-    // entries for the chunk's blocks below nbmax, masked to the length after it arrives).
+    // entries for the chunk's blocks below nbmax, masked to the length after it arrives);
+    // with PRE (a CTA of one pass: few sequences) also the first pass's pooled keys (16
+    // more live registers across the staging: the many-CTA case keeps its occupancy).
     const int len = seq_len(p, b);
     int pg[U];
     pages(jw, min(j0 + p.cb, p.nbmax), pg);
+    const T *pc = (const T *)p.pc + hk * p.sp.head + kl * 8;
+    uint4 kv[U];
+    if (PRE) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) kv[u] = pg[u] >= 0 ? ldg_stream(pc + pg[u] * p.sp.page + ((jw + u * KPW + kg) % bpp) * p.sp.slot) : make_uint4(0, 0, 0, 0);
+    }
+    bool first = PRE;  // kv holds the first pass's keys
     const int G = p.group;
     const int R = p.per_head ? G * p.q_len : p.q_len;
     const float qscale = p.per_head ? p.sigma_c : p.sigma_c / G;
@@ -538,14 +569,17 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
         qs[e] = v * qscale;
     }
     __syncthreads();
+    DTRACE(tslot, 1);
     const int t = len - 1;  // the last row has the most candidates
     const int ncand = t >= 0 ? max(0, t / p.bs - p.n_local + 1) : 0;
     const int j1 = min(ncand, j0 + p.cb);
-    if (j0 >= j1) return;
+    if (j0 >= j1) {
+        DTRACE(tslot, 2);
+        return;
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u)
         if (jw + u * KPW + kg >= j1) pg[u] = -1;
-    const T *pc = (const T *)p.pc + hk * p.sp.head + kl * 8;
     for (int lr0 = 0; lr0 < R; lr0 += RT) {
         float qf[RT][8];
 #pragma unroll
@@ -558,15 +592,14 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
         // Page-table entries of the next pass load while this one's keys are in flight.
         if (lr0 > 0) pages(jw, j1, pg);
         for (int jb = jw; jb < j1; jb += STEP) {
-            uint4 kv[U];
             bool ok[U];
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 int j = jb + u * KPW + kg;
                 ok[u] = pg[u] >= 0;
-                kv[u] = make_uint4(0, 0, 0, 0);
-                if (ok[u]) kv[u] = ldg_stream(pc + pg[u] * p.sp.page + (j % bpp) * p.sp.slot);
+                if (!first) kv[u] = ok[u] ? ldg_stream(pc + pg[u] * p.sp.page + (j % bpp) * p.sp.slot) : make_uint4(0, 0, 0, 0);
             }
+            first = false;
             pages(jb + STEP, j1, pg);
 #pragma unroll
             for (int u = 0; u < U; ++u) {
@@ -585,6 +618,7 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
             }
         }
     }
+    DTRACE(tslot, 2);
 }
 
 // ---------------------------------------------------------------- v2 threshold + selection
@@ -610,7 +644,6 @@ __device__ __forceinline__ void block_sum2(double &a, double &c, double *red, in
     }
 }
 
-#define SEL_ACT 256
 // Exclusive prefix (pos) and total of cnt over the block (NT threads); wc: NT/32 ints.
 template <int NT>
 __device__ __forceinline__ void block_scan(int cnt, int *wc, int &pos, int &total) {
@@ -631,34 +664,65 @@ __device__ __forceinline__ void block_scan(int cnt, int *wc, int &pos, int &tota
     }
 }
 // Work item i of row ru (nit items of `per` blocks; nsel selected blocks; the sequence's
-// length; the item's first block jf and its log-prior bf): two int4, (row, split | nsplit
-// << 16, per, nsel) and (len, jf, bf, 0).
-__device__ __forceinline__ void write_item(const DecParams &p, int slot, i64 ru, int i, int nit, int per, int nsel, int len, int jf, float bf) {
+// length; the item's first block jf, its log-prior bf and the page of its first tile pg0, or
+// -2 when tiles may span pages): two int4, (row, split | nsplit << 16, per, nsel) and (len,
+// jf, bf, pg0).
+__device__ __forceinline__ void write_item(const DecParams &p, int slot, i64 ru, int i, int nit, int per, int nsel, int len, int jf, float bf, int pg0) {
     ((int4 *)p.items)[2 * slot] = make_int4((int)ru, i | (nit << 16), per, nsel);
-    ((int4 *)p.items)[2 * slot + 1] = make_int4(len, jf, __float_as_int(bf), 0);
+    ((int4 *)p.items)[2 * slot + 1] = make_int4(len, jf, __float_as_int(bf), pg0);
 }
 
-// Shared-memory scratch of select_row (the caller's arrays):
-// act_s / act_j [SEL_ACT], red [32] floats, redd [128] doubles, wcnt [NT / 32], bc [2].
+// Shared-memory scratch of select_row (the caller's arrays): red [32] floats, redd [128]
+// doubles (also 256 floats), wcnt [NT / 32] ints.
 struct SelSmem {
-    float *act_s;
-    int *act_j;
     float *red;
     double *redd;
     int *wcnt;
-    int *bc;
 };
 
+// Sums of two floats and an int over the block (NT threads), every thread gets them; rb:
+// 2 * 3 * 32 slots, alternated by `par` so one barrier per call suffices.
+template <int NT>
+__device__ __forceinline__ void block_sum3(float &a, float &q, int &k, float *rb, int par) {
+    a = warp_sum(a);
+    q = warp_sum(q);
+    k = __reduce_add_sync(0xffffffffu, k);
+    float *r = rb + par * 96;
+    if ((threadIdx.x & 31) == 0) {
+        r[threadIdx.x >> 5] = a;
+        r[32 + (threadIdx.x >> 5)] = q;
+        r[64 + (threadIdx.x >> 5)] = __int_as_float(k);
+    }
+    __syncthreads();
+    a = q = 0.f;
+    k = 0;
+#pragma unroll
+    for (int w = 0; w < NT / 32; ++w) {
+        a += r[w];
+        q += r[32 + w];
+        k += __float_as_int(r[64 + w]);
+    }
+}
+
 // The entmax threshold and the selected blocks of one row, by a whole CTA of NT threads
-// (every thread calls it; it ends with a barrier or a block scan, and every thread gets
-// `total` and `tau`). z: the row's ncand candidate scores (C per thread in registers,
-// j = tid + i * NT; beyond that re-read). alpha > 1: only s = (alpha-1) z > max s - 1 can be
-// in the support (tau >= max s - 1); when at most SEL_ACT of them exist they are compacted
-// (in (thread, i) order) and one warp solves and selects with shuffles only (no block
-// barriers per Newton step); otherwise the same Newton block-wide. alpha = 1: logsumexp,
-// every candidate selected. put(pos, total, j, beta) receives each selected block's position
-// in the row's list (deterministic: (thread, i) order of the candidates; the attention does
-// not need increasing j), the list length and the block's log-prior.
+// (every thread calls it; it ends with a block scan, and every thread gets `total` and
+// `tau`). z: the row's ncand candidate scores (C per thread in registers, j = tid + i * NT;
+// beyond that re-read). With s = (alpha-1) z, x = s - max s and t = tau - max s in [-1, 0),
+// tau solves g(t) = sum (x - t)_+^(1/(alpha-1)) - 1 = 0 (convex, decreasing):
+//   alpha = 2 or 1.5: exact. From t = -1 (g >= 0), each round sums k, A = sum x, Q = sum
+//     x^2 over S = {x > t} and takes tc, the root of g on S's piece (closed form); when no x
+//     lies in (t, tc] the support of tc is S and tc is the root. Otherwise t moves to the
+//     Newton step from t (<= the root: g is convex, so Newton from the left never passes
+//     it; for alpha = 2 it is tc itself) and at least the x in (t, new t] leave S. A few
+//     rounds, each one block reduction and one barrier-or (no double-precision shuffles, no
+//     compaction: short code on the decode's critical path).
+//   other alpha in (1, 2): Newton on ||(x - t)_+||_k - 1 (k = 1/(alpha-1)), monotone from
+//     the left, in double.
+//   alpha = 1: logsumexp, every candidate selected.
+// Then each thread selects its own candidates: put(pos, total, j, beta) receives each
+// selected block's position in the row's list (deterministic: (thread, i) order of the
+// candidates; the attention does not need increasing j), the list length and the block's
+// log-prior.
 template <int NT, int C, class Put>
 __device__ __forceinline__ void select_row(const float *z, int ncand, float alpha, const SelSmem &sm, Put put, int &total, float &tau) {
     const int tid = threadIdx.x;
@@ -672,91 +736,12 @@ __device__ __forceinline__ void select_row(const float *z, int ncand, float alph
     }
     for (int j = tid + C * NT; j < ncand; j += NT) mx = fmaxf(mx, z[j]);
     mx = block_max(mx, sm.red);
-    tau = -DA_INF;
+    const int tslot = 4096 + ((blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)) & 2047);
+    DTRACE(tslot, 4);
     const bool soft = alpha <= 1.f;
-    const float am1 = alpha - 1.f;
-    if (!soft && mx > -DA_INF) {
-        const float thr = am1 * mx - 1.f;
-        int acnt = 0;
-#pragma unroll
-        for (int i = 0; i < C; ++i) acnt += am1 * zc[i] > thr ? 1 : 0;
-        for (int j = tid + C * NT; j < ncand; j += NT) acnt += am1 * z[j] > thr ? 1 : 0;
-        int apos, atot;
-        block_scan<NT>(acnt, sm.wcnt, apos, atot);
-        if (atot <= SEL_ACT) {
-#pragma unroll
-            for (int i = 0; i < C; ++i) {
-                float sv = am1 * zc[i];
-                if (sv > thr) {
-                    sm.act_s[apos] = sv;
-                    sm.act_j[apos] = tid + i * NT;
-                    ++apos;
-                }
-            }
-            for (int j = tid + C * NT; j < ncand; j += NT) {
-                float sv = am1 * z[j];
-                if (sv > thr) {
-                    sm.act_s[apos] = sv;
-                    sm.act_j[apos] = j;
-                    ++apos;
-                }
-            }
-            __syncthreads();
-            if (tid < 32) {
-                const int lane = tid;
-                float av[SEL_ACT / 32];
-#pragma unroll
-                for (int i = 0; i < SEL_ACT / 32; ++i) av[i] = lane + 32 * i < atot ? sm.act_s[lane + 32 * i] : -DA_INF;
-                const float k = 1.f / am1;
-                const int kind = am1 == 1.f ? 1 : (am1 == 0.5f ? 2 : 0);
-                double tt = (double)am1 * mx - 1.0;
-                for (int it = 0; it < 40; ++it) {
-                    const float tf = (float)tt;
-                    double M = 0.0, S1 = 0.0;
-#pragma unroll
-                    for (int i = 0; i < SEL_ACT / 32; ++i) {
-                        float x = av[i] - tf;
-                        if (x > 0.f) {
-                            float xk1 = kind == 1 ? 1.f : (kind == 2 ? x : powf(x, k - 1.f));
-                            M += (double)(xk1 * x);
-                            S1 += (double)xk1;
-                        }
-                    }
-                    for (int o = 16; o > 0; o >>= 1) {
-                        M += __shfl_xor_sync(0xffffffffu, M, o);
-                        S1 += __shfl_xor_sync(0xffffffffu, S1, o);
-                    }
-                    if (!(M > 0.0) || !(S1 > 0.0)) break;
-                    const double N = kind == 2 ? sqrt(M) : (kind == 1 ? M : pow(M, (double)am1));
-                    if (!(N > 1.0)) break;
-                    const double dt = (N - 1.0) * M / (N * S1);
-                    tt += dt;
-                    if (!(dt > 1e-7 * fmax(1.0, fabs(tt)))) break;
-                }
-                const float tw = (float)tt;
-                int tot = 0;
-#pragma unroll
-                for (int i = 0; i < SEL_ACT / 32; ++i) tot += __popc(__ballot_sync(0xffffffffu, av[i] - tw > 0.f));
-                int base = 0;
-#pragma unroll
-                for (int i = 0; i < SEL_ACT / 32; ++i) {
-                    const float x = av[i] - tw;
-                    const bool sel = x > 0.f;
-                    const unsigned m = __ballot_sync(0xffffffffu, sel);
-                    if (sel) put(base + __popc(m & ((1u << lane) - 1u)), tot, sm.act_j[lane + 32 * i], logf(x) / am1);
-                    base += __popc(m);
-                }
-                if (lane == 0) {
-                    sm.bc[0] = tot;
-                    sm.bc[1] = __float_as_int(tw);
-                }
-            }
-            __syncthreads();
-            total = sm.bc[0];
-            tau = __int_as_float(sm.bc[1]);
-            return;
-        }
-    }
+    const float am1 = alpha - 1.f, smx = am1 * mx;
+    float t = -1.f;  // entmax: tau - max s
+    tau = -DA_INF;
     if (mx > -DA_INF) {
         if (soft) {
             float s = 0.f;
@@ -764,21 +749,60 @@ __device__ __forceinline__ void select_row(const float *z, int ncand, float alph
             for (int i = 0; i < C; ++i) s += __expf(zc[i] - mx);
             for (int j = tid + C * NT; j < ncand; j += NT) s += __expf(z[j] - mx);
             tau = mx + logf(block_sum(s, sm.red));
+        } else if (am1 == 1.f || am1 == 0.5f) {
+            const bool sparsemax = am1 == 1.f;
+            float *rb = (float *)sm.redd;
+            for (int it = 0; it < 64; ++it) {
+                float A = 0.f, Q = 0.f;
+                int k = 0;
+                auto acc = [&](float zv) {
+                    const float x = am1 * zv - smx;
+                    if (x > t) {
+                        A += x;
+                        Q = fmaf(x, x, Q);
+                        k += 1;
+                    }
+                };
+#pragma unroll
+                for (int i = 0; i < C; ++i) acc(zc[i]);
+                for (int j = tid + C * NT; j < ncand; j += NT) acc(z[j]);
+                block_sum3<NT>(A, Q, k, rb, it & 1);
+                float tc, tn;
+                if (sparsemax) {
+                    tc = tn = (float)(((double)A - 1.0) / k);
+                } else {
+                    // k t^2 - 2 A t + Q - 1 = 0, smaller root; Newton: t + g / (2 (A - k t))
+                    const double Ad = A, disc = Ad * Ad - (double)k * ((double)Q - 1.0);
+                    tc = disc >= 0.0 ? (float)((Ad - sqrt(disc)) / k) : 1.f;
+                    const double g = (double)Q - 2.0 * t * Ad + (double)k * t * t - 1.0, d = 2.0 * (Ad - (double)k * t);
+                    tn = d > 0.0 ? (float)(t + g / d) : t;
+                }
+                bool inside = false;
+                auto chk = [&](float zv) {
+                    const float x = am1 * zv - smx;
+                    inside |= x > t && x <= tc;
+                };
+#pragma unroll
+                for (int i = 0; i < C; ++i) chk(zc[i]);
+                for (int j = tid + C * NT; j < ncand; j += NT) chk(z[j]);
+                if (!__syncthreads_or(inside)) {
+                    t = tc;
+                    break;
+                }
+                if (!(tn > t)) break;  // no progress (rounding): t is within float of the root
+                t = tn;
+            }
+            tau = smx + t;
         } else {
-            // g(tau) = ||(s - tau)_+||_k - 1, s = (alpha-1) z, k = 1/(alpha-1): convex and
-            // decreasing, so Newton from tau0 = max s - 1 (g >= 0) rises monotonically to the
-            // root; one term converges in one step. M = sum x^k, S1 = sum x^(k-1),
-            // N = M^(1/k): step (N - 1) M / (N S1).
             const float k = 1.f / am1;
-            const int kind = am1 == 1.f ? 1 : (am1 == 0.5f ? 2 : 0);
-            double tt = (double)am1 * mx - 1.0;
+            double tt = -1.0;
             for (int it = 0; it < 40; ++it) {
                 const float tf = (float)tt;
                 double M = 0.0, S1 = 0.0;
                 auto acc = [&](float zv) {
-                    float x = am1 * zv - tf;
+                    const float x = am1 * zv - smx - tf;
                     if (x > 0.f) {
-                        float xk1 = kind == 1 ? 1.f : (kind == 2 ? x : powf(x, k - 1.f));
+                        const float xk1 = powf(x, k - 1.f);
                         M += (double)(xk1 * x);
                         S1 += (double)xk1;
                     }
@@ -788,43 +812,40 @@ __device__ __forceinline__ void select_row(const float *z, int ncand, float alph
                 for (int j = tid + C * NT; j < ncand; j += NT) acc(z[j]);
                 block_sum2<NT>(M, S1, sm.redd, it & 1);
                 if (!(M > 0.0) || !(S1 > 0.0)) break;
-                const double N = kind == 2 ? sqrt(M) : (kind == 1 ? M : pow(M, (double)am1));
+                // N = M^(1/k) = M^(alpha-1); step (N - 1) M / (N S1)
+                const double N = exp2(log2(M) * (double)am1);
                 if (!(N > 1.0)) break;
                 const double dt = (N - 1.0) * M / (N * S1);
                 tt += dt;
                 if (!(dt > 1e-7 * fmax(1.0, fabs(tt)))) break;
             }
-            tau = (float)tt;
+            t = (float)tt;
+            tau = smx + t;
         }
     }
+    DTRACE(tslot, 7);
     // Compaction: thread tid owns j = tid + i * NT; positions by (tid, i) order.
-    auto selx = [&](float zv, float &beta) -> bool {
-        if (soft) {
-            beta = zv - tau;
-            return zv > -DA_INF;
-        }
-        float x = am1 * zv - tau;
-        beta = x > 0.f ? logf(x) / am1 : 0.f;
-        return x > 0.f;
-    };
+    // (softmax: every finite candidate, beta = z - lse; entmax: x = s - max s - t > 0, beta =
+    // log(x) / (alpha - 1), computed only for the selected)
+    const float inv_am1 = soft ? 0.f : 1.f / am1;
+    auto sel = [&](float zv) -> bool { return soft ? zv > -DA_INF : am1 * zv - smx > t; };
+    auto beta = [&](float zv) -> float { return soft ? zv - tau : logf(am1 * zv - smx - t) * inv_am1; };
     int cnt = 0;
     if (mx > -DA_INF) {
-        float bt;
 #pragma unroll
-        for (int i = 0; i < C; ++i) cnt += selx(zc[i], bt) ? 1 : 0;
-        for (int j = tid + C * NT; j < ncand; j += NT) cnt += selx(z[j], bt) ? 1 : 0;
+        for (int i = 0; i < C; ++i) cnt += sel(zc[i]) ? 1 : 0;
+        for (int j = tid + C * NT; j < ncand; j += NT) cnt += sel(z[j]) ? 1 : 0;
     }
     int pos;
     block_scan<NT>(cnt, sm.wcnt, pos, total);
     if (cnt > 0) {
-        float bt;
 #pragma unroll
         for (int i = 0; i < C; ++i) {
-            int j = tid + i * NT;
-            if (j < ncand && selx(zc[i], bt)) put(pos++, total, j, bt);
+            const int j = tid + i * NT;
+            if (j < ncand && sel(zc[i])) put(pos++, total, j, beta(zc[i]));
         }
         for (int j = tid + C * NT; j < ncand; j += NT)
-            if (selx(z[j], bt)) put(pos++, total, j, bt);
+            if (sel(z[j])) put(pos++, total, j, beta(z[j]));
     }
 }
 
@@ -837,13 +858,15 @@ __device__ __forceinline__ void select_row(const float *z, int ncand, float alph
 #define SEL_C 8
 template <typename T>
 __device__ __forceinline__ void dec_select(const DecParams &p) {
-    __shared__ float red[32], act_s[SEL_ACT];
+    __shared__ float red[32];
     __shared__ double redd[128];
-    __shared__ int wcnt[SEL_NT / 32], act_j[SEL_ACT], bc[2];
+    __shared__ int wcnt[SEL_NT / 32];
     // Before the wait (with programmatic dependent launch this overlaps the score kernel):
     // only inputs (lengths, alpha, page table, K/V) and this call's own counter, which
     // nothing before the attention kernel touches.
     const int r = blockIdx.x, u = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+    const int tslot = 4096 + ((blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)) & 2047);
+    DTRACE(tslot, 0);
     const int units = p.per_head ? p.hq : p.hkv;
     const int h0 = p.per_head ? u : u * p.group;
     const int hk = h0 / p.group;
@@ -865,10 +888,11 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
         }
     }
     pdl_wait();  // the score kernel's z (and nitems = 0) are visible after this
+    DTRACE(tslot, 1);
     pdl_trigger();
     int *si = p.sel_idx + ru * p.nbmax;
     float *sb = p.sel_beta + ru * p.nbmax;
-    const SelSmem sm{act_s, act_j, red, redd, wcnt, bc};
+    const SelSmem sm{red, redd, wcnt};
     // The first selected block of each work item (position a multiple of `per`) also goes
     // into the item (firsts[item]); per as computed below from the list length.
     __shared__ int2 firsts[64];
@@ -881,6 +905,7 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
         const int per = max(p.wchunk, (tot + nloc + p.splits - 1) / p.splits);
         if (pos % per == 0) firsts[pos / per] = make_int2(j, __float_as_int(beta));
     }, total, tau);
+    DTRACE(tslot, 2);
     if (tid == 0) {
         p.sel_n[ru] = total;
         p.tau[ru] = tau;
@@ -898,15 +923,24 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
             for (int g = tid; g < hpu; g += SEL_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = -DA_INF;
         return;
     }
+    // nit <= splits <= 64 <= SEL_NT: thread i writes item i.
     const int per = max(p.wchunk, (nblk + p.splits - 1) / p.splits), nit = (nblk + per - 1) / per;
+    __syncthreads();  // the firsts
     if (tid == 0) ibase = atomicAdd(p.nitems, nit);
-    __syncthreads();  // (also orders the firsts)
+    // Each item's first block and, when a tile lies in one page (as the attention's loader
+    // checks), its first tile's page: these table loads overlap the atomic.
     const int first_local = (int)max((i64)0, t / p.bs - p.n_local + 1);
-    for (int i = tid; i < nit; i += SEL_NT) {
-        const int m0 = i * per;
-        const int2 f = m0 < total ? firsts[i] : make_int2(first_local + m0 - total, 0);
-        write_item(p, ibase + i, ru, i, nit, per, total, len, f.x, __int_as_float(f.y));
+    const bool one_page = p.ps % min(p.bs, 64) == 0;
+    int2 f = make_int2(0, 0);
+    int pg0 = -2;
+    if (tid < nit) {
+        const int m0 = tid * per;
+        f = m0 < total ? firsts[tid] : make_int2(first_local + m0 - total, 0);
+        if (one_page) pg0 = page_at(p, b, f.x * p.bs / p.ps);  // (token positions fit 32 bits)
     }
+    __syncthreads();  // ibase
+    if (tid < nit) write_item(p, ibase + tid, ru, tid, nit, per, total, len, f.x, __int_as_float(f.y), pg0);
+    DTRACE(tslot, 3);
 }
 
 // ---------------------------------------------------------------- v2 split-KV attention
@@ -962,14 +996,15 @@ __device__ __forceinline__ float4 ldcg4(const float *ptr) {
 // one page): one table entry and constant address steps. Otherwise per key: sm_90+ loads
 // the tile's page-table entries first, all at once; sm_80 one in front of each copy.
 template <typename T, int D, int NT>
-__device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, int i0, int cnt, int TK, bool one_page, u16 *kd, u16 *vd, int *okt) {
+__device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, int i0, int cnt, int TK, bool one_page, int pgh, u16 *kd, u16 *vd, int *okt) {
     constexpr int CPK = D / 8, RPP = NT / CPK;  // 16-byte chunks per key; keys per pass
     static_assert(RPP % 8 == 0, "the swizzle repeats every 8 rows");
     if (one_page) {
         // The tile lies in one page (page_size a multiple of TK, tiles start at multiples of
-        // TK): one table entry, then constant strides (thread: key ii0 + k * RPP, chunk col).
+        // TK): one table entry (pgh when >= -1: looked up by the select kernel), then constant
+        // strides (thread: key ii0 + k * RPP, chunk col).
         const int pi = i0 / p.ps, r0 = i0 - pi * p.ps;
-        const int pg = cnt > 0 ? page_at(p, b, pi) : -1;
+        const int pg = cnt > 0 ? (pgh >= -1 ? pgh : page_at(p, b, pi)) : -1;
         const int ii0 = threadIdx.x / CPK, col = threadIdx.x % CPK;
         const T *ks = (const T *)p.kc, *vs = (const T *)p.vc;
         if (pg >= 0) {
@@ -1165,21 +1200,33 @@ __device__ __forceinline__ void merge_warp_states(const float (&oacc)[D / 8][4],
 // Q rows of the unit (heads h0 .. h0 + hpu - 1 of query row r; rows >= hpu zero): loads
 // into registers (QPT a thread), then the stores to sQ, so that a caller can issue other
 // loads in between.
-#define Q_PER_THREAD(D) (16 * (D) / ATT_NT)
+#define Q_PER_THREAD(D) (16 * (D) / 8 / ATT_NT)  // 16-byte chunks of the 16 x D tile a thread
 template <typename T, int D>
-__device__ __forceinline__ void load_q_regs(const DecParams &p, u16 (&qv)[Q_PER_THREAD(D)], int b, int r, int h0, int hpu) {
+__device__ __forceinline__ void load_q_regs(const DecParams &p, uint4 (&qv)[Q_PER_THREAD(D)], int b, int r, int h0, int hpu) {
 #pragma unroll
     for (int k = 0; k < Q_PER_THREAD(D); ++k) {
-        const int e = threadIdx.x + k * ATT_NT, g = e / D, x = e % D;
-        qv[k] = g < hpu ? ((const u16 *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x] : (u16)0;
+        const int e = threadIdx.x + k * ATT_NT, g = e / (D / 8), c = e % (D / 8);
+        const u16 *qp = (const u16 *)p.q + b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + c * 8;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (g < hpu) {
+            if (p.flags & 2) {  // q rows 16-byte aligned
+                v = *(const uint4 *)qp;
+            } else {
+                u16 h[8];
+#pragma unroll
+                for (int i = 0; i < 8; ++i) h[i] = qp[i];
+                v = make_uint4(h[0] | (u32)h[1] << 16, h[2] | (u32)h[3] << 16, h[4] | (u32)h[5] << 16, h[6] | (u32)h[7] << 16);
+            }
+        }
+        qv[k] = v;
     }
 }
 template <int D>
-__device__ __forceinline__ void store_q_regs(u16 *sQ, const u16 (&qv)[Q_PER_THREAD(D)]) {
+__device__ __forceinline__ void store_q_regs(u16 *sQ, const uint4 (&qv)[Q_PER_THREAD(D)]) {
 #pragma unroll
     for (int k = 0; k < Q_PER_THREAD(D); ++k) {
-        const int e = threadIdx.x + k * ATT_NT, g = e / D, x = e % D;
-        sQ[swz<D>(g, x >> 3) + (x & 7)] = qv[k];
+        const int e = threadIdx.x + k * ATT_NT, g = e / (D / 8), c = e % (D / 8);
+        *(uint4 *)(sQ + swz<D>(g, c)) = qv[k];
     }
 }
 
@@ -1193,7 +1240,7 @@ __device__ __forceinline__ void store_q_regs(u16 *sQ, const u16 (&qv)[Q_PER_THRE
 // whichever CTA it is). Called by every thread; ends with a barrier.
 template <typename T, int D>
 __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, u16 *sQ, int *okm, float *wm, float *wl, float *mw, int *flag,
-                                          int ru, int b, int r, int h0, int hpu, int len, int s, int nsplit, int m0, int m1, int nsel, int jf, float bf) {
+                                          int ru, int b, int r, int h0, int hpu, int len, int s, int nsplit, int m0, int m1, int nsel, int jf, float bf, int pg0) {
     constexpr int TKM = 64, NTO = D / 8;
     float *wo = (float *)sK;  // [4][16][D] after the item's tiles (reuses K/V)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -1229,7 +1276,7 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
         float beta;
         int i0, cnt;
         tile(tt, beta, i0, cnt);
-        load_kv_tile<T, D, ATT_NT>(p, b, hk, i0, cnt, TK, one_page, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM);
+        load_kv_tile<T, D, ATT_NT>(p, b, hk, i0, cnt, TK, one_page, tt == tt0 ? pg0 : -2, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM);
     };
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
     // sm_80: Q straight to smem, then the first tile (holding Q in registers across the
@@ -1241,12 +1288,14 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     issue(tt0, 0);
 #else
     {
-        u16 qv[Q_PER_THREAD(D)];
+        uint4 qv[Q_PER_THREAD(D)];
         load_q_regs<T, D>(p, qv, b, r, h0, hpu);
         issue(tt0, 0);
         store_q_regs<D>(sQ, qv);  // visible after the loop's first barrier
     }
 #endif
+    const int tslot = 6144 + (blockIdx.x & 2047);
+    DTRACE(tslot, 2);
     float oacc[NTO][4];
 #pragma unroll
     for (int i = 0; i < NTO; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
@@ -1260,6 +1309,7 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
             cp_wait<0>();
         }
         __syncthreads();  // tile tt (and sQ) visible
+        if (tt == tt0) DTRACE(tslot, 3);
         float beta;
         int i0, cnt;
         tile(tt, beta, i0, cnt);
@@ -1267,6 +1317,7 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
             attn_tile<T, D>(sQ, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM, cnt, beta, sl2, kw, lane, oacc, mrow, lrow);
         __syncthreads();
     }
+    DTRACE(tslot, 4);
     merge_warp_states<D>(oacc, mrow, lrow, wo, wm, wl, mw, hpu, warp, lane);
     const bool single = nsplit == 1;
     float *opart = p.o_part + (((i64)s * p.n + b) * p.q_len + r) * p.hq * D;
@@ -1287,41 +1338,59 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     for (int g = tid; g < hpu; g += ATT_NT) p.lse_part[(((i64)s * p.n + b) * p.hq + h0 + g) * p.q_len + r] = mw[64 + g];
     __threadfence();
     __syncthreads();
+    DTRACE(tslot, 5);
     if (tid == 0) flag[0] = atomicAdd(p.cnt + ru, 1) == nsplit - 1;
     __syncthreads();
+    DTRACE(tslot, 6);
     if (flag[0]) {
         __threadfence();
+        // The last split merges: o = sum_sp w_sp o_sp, w_sp = exp(lse_sp - lse) (split order:
+        // deterministic). Each thread's first MB partials (one float4 of one head each) load
+        // before the lse values, so both round trips overlap; further ones in batches of MB.
+        constexpr int MB = 8;
         const float *o0 = p.o_part + ((i64)b * p.q_len + r) * p.hq * D + h0 * D;
         const i64 sstride = (i64)p.n * p.q_len * p.hq * D;
+        const int nv = hpu * D / 4;
+        float4 pre[MB];
+        {
+            const int e = tid;
+            const float *op = o0 + (e / (D / 4)) * D + (e % (D / 4)) * 4;
+#pragma unroll
+            for (int k = 0; k < MB; ++k) pre[k] = e < nv && k < nsplit ? ldcg4(op + k * sstride) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
         for (int e = tid; e < hpu * nsplit; e += ATT_NT) {
             const int g = e / nsplit, sp = e % nsplit;
             mw[g * 64 + sp] = ldcg(p.lse_part + (((i64)sp * p.n + b) * p.hq + h0 + g) * p.q_len + r);
         }
         __syncthreads();
-        if (tid < hpu) {
-            const int g = tid;
-            float mx = -DA_INF;
-            for (int sp = 0; sp < nsplit; ++sp) mx = fmaxf(mx, mw[g * 64 + sp]);
-            float sum = 0.f;
-            if (mx > -DA_INF)
-                for (int sp = 0; sp < nsplit; ++sp) sum += __expf(mw[g * 64 + sp] - mx);
+        for (int g = warp; g < hpu; g += ATT_NT / 32) {  // a warp per head (nsplit <= 64)
+            const float l0 = lane < nsplit ? mw[g * 64 + lane] : -DA_INF, l1 = lane + 32 < nsplit ? mw[g * 64 + lane + 32] : -DA_INF;
+            const float mx = warp_max(fmaxf(l0, l1));
+            const float sum = mx > -DA_INF ? warp_sum(__expf(l0 - mx) + __expf(l1 - mx)) : 0.f;
             const float lse = mx > -DA_INF ? mx + logf(sum) : -DA_INF;
-            for (int sp = 0; sp < nsplit; ++sp) mw[g * 64 + sp] = lse > -DA_INF ? __expf(mw[g * 64 + sp] - lse) : 0.f;
-            if (p.lse) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = lse;
+            if (lane < nsplit) mw[g * 64 + lane] = lse > -DA_INF ? __expf(l0 - lse) : 0.f;
+            if (lane + 32 < nsplit) mw[g * 64 + lane + 32] = lse > -DA_INF ? __expf(l1 - lse) : 0.f;
+            if (lane == 0 && p.lse) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = lse;
         }
         __syncthreads();
-        for (int e = tid; e < hpu * D / 4; e += ATT_NT) {
+        for (int e = tid; e < nv; e += ATT_NT) {
             const int g = e / (D / 4), x = (e % (D / 4)) * 4;
             const float *op = o0 + g * D + x;
             float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-            auto fma4 = [&](float w, float4 a) {
-                v.x = fmaf(w, a.x, v.x);
-                v.y = fmaf(w, a.y, v.y);
-                v.z = fmaf(w, a.z, v.z);
-                v.w = fmaf(w, a.w, v.w);
-            };
-#pragma unroll 8
-            for (int sp = 0; sp < nsplit; ++sp) fma4(mw[g * 64 + sp], ldcg4(op + sp * sstride));
+            for (int sp0 = 0; sp0 < nsplit; sp0 += MB) {
+                float4 a[MB];
+#pragma unroll
+                for (int k = 0; k < MB; ++k)
+                    a[k] = sp0 == 0 && e == tid ? pre[k] : (sp0 + k < nsplit ? ldcg4(op + (sp0 + k) * sstride) : make_float4(0.f, 0.f, 0.f, 0.f));
+#pragma unroll
+                for (int k = 0; k < MB; ++k) {
+                    const float w = sp0 + k < nsplit ? mw[g * 64 + sp0 + k] : 0.f;
+                    v.x = fmaf(w, a[k].x, v.x);
+                    v.y = fmaf(w, a[k].y, v.y);
+                    v.z = fmaf(w, a[k].z, v.z);
+                    v.w = fmaf(w, a[k].w, v.w);
+                }
+            }
             T *od = ob + (h0 + g) * p.so_h + x;
             od[0] = from_f<T>(v.x);
             od[1] = from_f<T>(v.y);
@@ -1329,6 +1398,7 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
             od[3] = from_f<T>(v.w);
         }
         if (tid == 0) p.cnt[ru] = 0;
+        DTRACE(tslot, 7);
     }
     __syncthreads();  // smem reuse by the caller
 }
@@ -1348,7 +1418,9 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     DEC_SMEM_LAYOUT(D)
     const int units = p.per_head ? p.hq : p.hkv;
     const int hpu = p.per_head ? 1 : p.group;
+    DTRACE(6144 + (blockIdx.x & 2047), 0);
     pdl_wait();
+    DTRACE(6144 + (blockIdx.x & 2047), 1);
     // The count and this CTA's first item load together (the list has >= gridDim.x slots).
     const int4 *items = (const int4 *)p.items;
     const int nitems = *p.nitems;
@@ -1366,7 +1438,7 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
         const int c = (len - p.q_len + r) / p.bs;
         const int total = nsel + (c - max(0, c - p.n_local + 1) + 1);
         attn_item<T, D>(p, sK, sV, sQ, okm, wm, wl, mw, flag, ru, b, r, h0, hpu, len, s, nsplit, s * per, min(total, (s + 1) * per), nsel, ib.y,
-                        __int_as_float(ib.z));
+                        __int_as_float(ib.z), ib.w);
     }
 }
 
@@ -1376,10 +1448,12 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     extern "C" __global__ void dash_dec_attend_##NAME(DecParams p) { dec_attend<T>(p); } \
     extern "C" __global__ void dash_merge_f32_##NAME(MergeParams p) { merge<float, T>(p); }            \
     extern "C" __global__ void dash_merge_##NAME(MergeParams p) { merge<T, T>(p); }                   \
-    extern "C" __global__ void __launch_bounds__(256, 3) dash_dec_score_d64_##NAME(DecParams p) { dec_score<T, 64, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d64_r4_##NAME(DecParams p) { dec_score<T, 64, 4>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 3) dash_dec_score_d128_##NAME(DecParams p) { dec_score<T, 128, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d128_r4_##NAME(DecParams p) { dec_score<T, 128, 4>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) dash_dec_score_d64_##NAME(DecParams p) { dec_score<T, 64, 1, false>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 4) dash_dec_score_d64_pre_##NAME(DecParams p) { dec_score<T, 64, 1, true>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d64_r4_##NAME(DecParams p) { dec_score<T, 64, 4, false>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 3) dash_dec_score_d128_##NAME(DecParams p) { dec_score<T, 128, 1, false>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 4) dash_dec_score_d128_pre_##NAME(DecParams p) { dec_score<T, 128, 1, true>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d128_r4_##NAME(DecParams p) { dec_score<T, 128, 4, false>(p); } \
     extern "C" __global__ void __launch_bounds__(SEL_NT) dash_dec_select_##NAME(DecParams p) { dec_select<T>(p); } \
     extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d64_##NAME(DecParams p) { dec_attn<T, 64>(p); } \
     extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d128_##NAME(DecParams p) { dec_attn<T, 128>(p); }

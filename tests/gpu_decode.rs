@@ -124,15 +124,19 @@ struct Case {
     dt: DType,
     lens: Vec<usize>,
     graph: bool,
+    /// entmax alpha (1.5 the default; 2 = sparsemax, 1 = softmax, others by Newton)
+    alpha: f32,
+    /// q one element past a 16-byte boundary (the attention's scalar q loads)
+    q_off: bool,
 }
 
 fn run_case(gpu: &Context, rng: &mut Rng, cs_: &Case) -> f64 {
     let dev = device(gpu).unwrap();
     let cpu = cpu();
-    let &Case { hq, hkv, d, bs, ps, sel, q_len, dt, ref lens, graph } = cs_;
+    let &Case { hq, hkv, d, bs, ps, sel, q_len, dt, ref lens, graph, alpha, q_off } = cs_;
     let n = lens.len();
     let c = make_cache_as(rng, n, hkv, d, ps, lens, bs, dt);
-    let cfg = Config { block_size: bs, selection: sel, ..Config::default() };
+    let cfg = Config { block_size: bs, selection: sel, alpha, ..Config::default() };
     let rcfg = Config { precision: Precision::F64, ..cfg };
     let slots = (ps / bs).max(1);
     let (cs, pss) = ([c.pages, ps, hkv, d], [c.pages, slots, hkv, d]);
@@ -192,11 +196,13 @@ fn run_case(gpu: &Context, rng: &mut Rng, cs_: &Case) -> f64 {
     };
     unsafe { api::decode(&cpu, &rcfg, &ra, Workspace::none()) }.unwrap();
     drop((k64, v64, pg64));
-    let dq = up(&q);
+    let dq = if q_off { up(&[&[0u16][..], &q[..]].concat()) } else { up(&q) };
+    let mut tq = dev_t(&dq, dt, &qsh);
+    tq.ptr += 2 * q_off as usize;
     let dout = DeviceBuffer::new(dev, q.len() * 2).unwrap();
     let dlse = DeviceBuffer::new(dev, n * hq * q_len * 4).unwrap();
     let ga = DecodeArgs {
-        q: dev_t(&dq, dt, &qsh),
+        q: tq,
         k_cache: dev_t(&dk, dt, &cs),
         v_cache: dev_t(&dvv, dt, &cs),
         pooled_cache: dev_t(&dpool, dt, &pss),
@@ -216,8 +222,9 @@ fn run_case(gpu: &Context, rng: &mut Rng, cs_: &Case) -> f64 {
     let lerr = lse_gpu.iter().zip(&lse_ref).map(|(&a, &b)| if a as f64 == b { 0.0 } else { (a as f64 - b).abs() }).fold(0.0, f64::max);
     let maxlen = lens.iter().max().unwrap();
     eprintln!(
-        "decode {} n {n} maxlen {maxlen} hq {hq} hkv {hkv} d {d} B {bs} page {ps} {sel:?} q_len {q_len}: rel L2 o {err:.2e}, max |lse diff| {lerr:.2e}",
-        dt.name()
+        "decode {} n {n} maxlen {maxlen} hq {hq} hkv {hkv} d {d} B {bs} page {ps} {sel:?} q_len {q_len} alpha {alpha}{}: rel L2 o {err:.2e}, max |lse diff| {lerr:.2e}",
+        dt.name(),
+        if q_off { " (q misaligned)" } else { "" }
     );
     let tol = if dt == DType::F16 { 2e-3 } else { 1e-2 };
     assert!(err <= tol, "decode rel L2 {err:e}");
@@ -259,7 +266,7 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
     use DType::{BF16, F16};
     use Selection::{PerGroup, PerHead};
     // (hq, hkv, d, B, page, selection, q_len, dtype): GQA 1..16, D 64/128, q_len 1..16.
-    for &(hq, hkv, d, bs, ps, sel, q_len, dt) in &[
+    let cases = [
         (32usize, 8usize, 128usize, 64usize, 64usize, PerGroup, 1usize, BF16),
         (32, 8, 128, 64, 16, PerGroup, 1, BF16),
         (8, 8, 64, 32, 128, PerHead, 1, BF16),
@@ -272,9 +279,17 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
         (12, 4, 128, 32, 64, PerGroup, 1, BF16),
         (16, 1, 128, 64, 256, PerHead, 8, BF16),
         (4, 4, 96, 64, 64, PerGroup, 1, BF16), // D = 96: generic (v1) kernels
-    ] {
+    ];
+    for &(hq, hkv, d, bs, ps, sel, q_len, dt) in &cases {
         let lens = vec![3000usize, 777, 40.max(q_len), q_len];
-        let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: true };
+        let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: true, alpha: 1.5, q_off: false };
+        worst = worst.max(run_case(&gpu, &mut rng, &c));
+    }
+    // Other entmax alphas (each threshold solver of the select kernel) and a misaligned q.
+    for &(alpha, q_off, i) in &[(2.0f32, false, 0usize), (1.0, false, 3), (1.25, true, 8), (1.75, false, 4), (2.0, true, 5)] {
+        let (hq, hkv, d, bs, ps, sel, q_len, dt) = cases[i];
+        let lens = vec![3000usize, 777, 40.max(q_len), q_len];
+        let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: false, alpha, q_off };
         worst = worst.max(run_case(&gpu, &mut rng, &c));
     }
     eprintln!("gpu decode: worst rel L2 {worst:.2e}");
@@ -286,18 +301,19 @@ fn gpu_decode_one_million_tokens() {
     let Some(gpu) = cuda() else { return };
     let mut rng = Rng::new(0x1E6);
     for &(q_len, sel) in &[(1usize, Selection::PerGroup), (4, Selection::PerHead)] {
-        let c = Case { hq: 4, hkv: 1, d: 64, bs: 64, ps: 64, sel, q_len, dt: DType::BF16, lens: vec![1 << 20], graph: q_len == 1 };
+        let c = Case { hq: 4, hkv: 1, d: 64, bs: 64, ps: 64, sel, q_len, dt: DType::BF16, lens: vec![1 << 20], graph: q_len == 1, alpha: 1.5, q_off: false };
         run_case(&gpu, &mut rng, &c);
     }
 }
 
-/// Batch 512 at short, ragged context.
+/// Batch 512 at short, ragged context (enough candidate blocks that the score CTAs make
+/// several passes: the variant without the early pooled-key loads).
 #[test]
 fn gpu_decode_batch_512() {
     let Some(gpu) = cuda() else { return };
     let mut rng = Rng::new(512);
-    let lens: Vec<usize> = (0..512).map(|i| if i % 37 == 0 { 1 } else { 1 + rng.below(1500) }).collect();
-    let c = Case { hq: 16, hkv: 4, d: 128, bs: 64, ps: 16, sel: Selection::PerGroup, q_len: 1, dt: DType::BF16, lens, graph: true };
+    let lens: Vec<usize> = (0..512).map(|i| if i % 37 == 0 { 1 } else { 1 + rng.below(3000) }).collect();
+    let c = Case { hq: 16, hkv: 4, d: 128, bs: 64, ps: 16, sel: Selection::PerGroup, q_len: 1, dt: DType::BF16, lens, graph: true, alpha: 1.5, q_off: false };
     run_case(&gpu, &mut rng, &c);
 }
 

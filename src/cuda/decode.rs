@@ -112,10 +112,14 @@ fn kname(base: &str, s: &str) -> &'static str {
         ("merge", _) => "dash_merge_f16",
         ("score64", "bf16") => "dash_dec_score_d64_bf16",
         ("score64", _) => "dash_dec_score_d64_f16",
+        ("score64pre", "bf16") => "dash_dec_score_d64_pre_bf16",
+        ("score64pre", _) => "dash_dec_score_d64_pre_f16",
         ("score64r4", "bf16") => "dash_dec_score_d64_r4_bf16",
         ("score64r4", _) => "dash_dec_score_d64_r4_f16",
         ("score128", "bf16") => "dash_dec_score_d128_bf16",
         ("score128", _) => "dash_dec_score_d128_f16",
+        ("score128pre", "bf16") => "dash_dec_score_d128_pre_bf16",
+        ("score128pre", _) => "dash_dec_score_d128_pre_f16",
         ("score128r4", "bf16") => "dash_dec_score_d128_r4_bf16",
         ("score128r4", _) => "dash_dec_score_d128_r4_f16",
         ("select", "bf16") => "dash_dec_select_bf16",
@@ -300,6 +304,9 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     // DASHATTN_DEC_NO_PREFETCH=1 turns it off (A/B measurements).
     let rows_total = p.n * pl.units * d.q_len;
     dp.flags = (rows_total <= 16 && !std::env::var("DASHATTN_DEC_NO_PREFETCH").is_ok_and(|v| v == "1")) as i32;
+    // The attention loads q rows 16 bytes at a time when they are 16-byte aligned.
+    let q_aligned = a.q.ptr.is_multiple_of(16) && a.q.strides[3] == 1 && a.q.strides[..3].iter().all(|&s| s % 8 == 0);
+    dp.flags |= (q_aligned as i32) << 1;
     if fast_path(dev, cfg, d, a, pl.hpu) {
         // Candidate blocks per score CTA: about 8 CTAs per SM over all (sequence, KV head)
         // pairs, a whole number of the CTA's per-iteration key count.
@@ -314,7 +321,16 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
         }
         let rows = if cfg.selection == Selection::PerHead { d.group * d.q_len } else { d.q_len };
         let (sc, at) = if p.d == 64 { ("score64", "attn64") } else { ("score128", "attn128") };
-        let sc = if rows == 1 { sc } else if p.d == 64 { "score64r4" } else { "score128r4" };
+        // One row per KV head: the variant that loads its first pass's pooled keys before
+        // staging q when each CTA makes a single pass (few sequences: latency-bound).
+        let single_pass = cb == step;
+        let sc = match (rows == 1, single_pass, p.d == 64) {
+            (true, false, _) => sc,
+            (true, true, true) => "score64pre",
+            (true, true, false) => "score128pre",
+            (false, _, true) => "score64r4",
+            (false, _, false) => "score128r4",
+        };
         // Programmatic dependent launch of select and attention on sm_90+ (their kernels
         // wait on the previous grid first); DASHATTN_NO_PDL=1 turns it off.
         let pdl = dev.props.cc_major >= 9 && !std::env::var("DASHATTN_NO_PDL").is_ok_and(|v| v == "1");
