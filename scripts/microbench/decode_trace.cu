@@ -3,14 +3,16 @@
 // pages of 64, bf16, identity page table), launches score -> select -> attention exactly as
 // src/cuda/decode.rs does (same DecParams, grids, PDL), and prints
 //   - per-layer time: `layers` calls on distinct cache copies in one graph, replayed;
-//   - one call's timeline (L2 flushed first): per kernel and stamp, min / median / max of
-//     the CTAs' %globaltimer stamps relative to the score kernel's first CTA start;
+//   - two timelines of one call, cold (L2 flushed first) and warm (the last layer of a
+//     replay): per kernel and stamp, min / median / max of the CTAs' %globaltimer stamps
+//     relative to the score kernel's first CTA start;
 //   - the selected blocks per row (balance of the attention work).
 // Build (here or there):
-//   nvcc -O3 -std=c++17 -DDASH_TRACE -I kernels -gencode arch=compute_90a,code=sm_90a \
+//   nvcc -O3 -std=c++17 -DDASH_TRACE -gencode arch=compute_90a,code=sm_90a \
 //        scripts/microbench/decode_trace.cu -o decode_trace -L$CUDA_HOME/lib
-// Run: ./decode_trace [L=131072] [kscales=0.25,0.5,2,8] [batch=1]; env SPLITS, GRID, NOPF=1
-// override the splits per row, the attention grid, the select's local-block prefetch.
+// Run: ./decode_trace [L=131072] [kscales=0.25,0.5,2,8] [batch=1]; env SPLITS, GRID, WCHUNK,
+// NOPF=1, NOPDL=1 override the splits per row, the attention grid, the blocks per item, the
+// select's local-block prefetch, programmatic dependent launch.
 #include <cuda.h>
 #include <cuda_runtime.h>
 #include <cstdio>
@@ -64,6 +66,8 @@ __global__ void flush_l2(float *buf, long long n) {
 }
 
 extern "C" __global__ void pool_k(DecParams p) { pool_paged<bf16_t>(p); }
+// (the `_pre` score variant, which the library takes when a CTA makes one pass: batch 1 at
+// up to 512k tokens here; with several passes the library takes the PRE = false kernel)
 extern "C" __global__ void __launch_bounds__(256, 4) score_k(DecParams p) { dec_score<bf16_t, 128, 1, true>(p); }
 extern "C" __global__ void __launch_bounds__(SEL_NT) select_k(DecParams p) { dec_select<bf16_t>(p); }
 extern "C" __global__ void __launch_bounds__(ATT_NT, 3) attn_k(DecParams p) { dec_attn<bf16_t, 128>(p); }
