@@ -137,6 +137,12 @@ fn attn_smem(d: usize) -> usize {
     2 * 2 * 64 * d * 2 + 16 * d * 2 + 2 * 64 * 4 + 2 * 64 * 4 + 16 * 64 * 4 + 16
 }
 
+/// Rows of a 4-d 16-bit tensor are 16-byte aligned (base pointer and outer strides), D
+/// contiguous: the v2 kernels' 16-byte loads.
+fn aligned(t: &Tensor) -> bool {
+    t.ptr.is_multiple_of(16) && t.strides[3] == 1 && t.strides[..3].iter().all(|&s| s % 8 == 0)
+}
+
 /// The v2 kernels need D in {64, 128}, at most 16 heads per selection unit, 16-byte
 /// aligned K/V/pooled rows (base pointers and page/slot/head strides) and the shared memory
 /// for the score kernel's query rows. Anything else takes the generic v1 kernels.
@@ -146,7 +152,6 @@ fn fast_path(dev: &CudaDevice, cfg: &Config, d: &DecodeDims, a: &DecodeArgs, hpu
         return false;
     }
     let p = &d.paged;
-    let aligned = |t: &Tensor| t.ptr.is_multiple_of(16) && t.strides[3] == 1 && t.strides[..3].iter().all(|&s| s % 8 == 0);
     let rows = if cfg.selection == Selection::PerHead { d.group * d.q_len } else { d.q_len };
     let optin = dev.props.smem_optin.max(48 * 1024) as usize;
     (p.d == 64 || p.d == 128)
@@ -305,8 +310,7 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     let rows_total = p.n * pl.units * d.q_len;
     dp.flags = (rows_total <= 16 && !std::env::var("DASHATTN_DEC_NO_PREFETCH").is_ok_and(|v| v == "1")) as i32;
     // The attention loads q rows 16 bytes at a time when they are 16-byte aligned.
-    let q_aligned = a.q.ptr.is_multiple_of(16) && a.q.strides[3] == 1 && a.q.strides[..3].iter().all(|&s| s % 8 == 0);
-    dp.flags |= (q_aligned as i32) << 1;
+    dp.flags |= (aligned(&a.q) as i32) << 1;
     if fast_path(dev, cfg, d, a, pl.hpu) {
         // Candidate blocks per score CTA: about 8 CTAs per SM over all (sequence, KV head)
         // pairs, a whole number of the CTA's per-iteration key count.
