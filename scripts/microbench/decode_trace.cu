@@ -254,6 +254,14 @@ int main(int argc, char **argv) {
                                 "select: z max", "", "", "select: tau solved"};
             for (int k = 0; k < 8; ++k)
                 if (se[k][0]) stat(se[k], 4096, 6144, k);
+            {  // slot 5: the threshold loop's rounds (a count, not a stamp; alpha 1.5 / 2 rows)
+                std::vector<int> rd;
+                for (int i = 4096; i < 6144; ++i) if (tr[i * 8 + 5] && tr[i * 8 + 5] < 1000) rd.push_back((int)tr[i * 8 + 5]);
+                std::sort(rd.begin(), rd.end());
+                double m = 0;
+                for (int v : rd) m += v;
+                if (!rd.empty()) printf("  %-34s n %4zu  min %6d  p50 %6d  mean %5.2f  max %6d\n", "select: threshold rounds", rd.size(), rd[0], rd[rd.size() / 2], m / rd.size(), rd.back());
+            }
             const char *at[] = {"attn: start", "attn: after pdl_wait", "attn: first tile issued", "attn: first tile arrived",
                                 "attn: tiles done", "attn: partial written", "attn: split counted", "attn: row merged (last split)"};
             for (int k = 0; k < 8; ++k) stat(at[k], 6144, 8192, k);
