@@ -4,7 +4,9 @@
 #  - compiles every kernels/*.cu for sm_80 and sm_90a with -Xptxas -v,
 #  - writes the resource report to target/ptxas-report.txt,
 #  - fails on any compile error and on any spill (stack frame / spill stores) in an
-#    attention kernel (every extern "C" kernel in kernels/ counts as one).
+#    attention kernel (every extern "C" kernel in kernels/ counts as one),
+#  - compiles every kernels/*.cu through NVRTC too (the library's run-time fallback;
+#    scripts/nvrtc-check.py), for the same archs.
 # Env: CUDA_WHEEL_DIR (default ~/.cache/dashattn-nvcc), CUDA_HOME (use an existing
 # toolkit instead), DASHATTN_CUDA_ARCHS (default "80,90a").
 set -euo pipefail
@@ -16,7 +18,11 @@ if [ -z "${CUDA_HOME:-}" ] || [ ! -x "${CUDA_HOME}/bin/nvcc" ]; then
             "nvidia-cuda-crt==13.0.*" "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-cccl==13.0.*" \
             nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
     fi
-    export CUDA_HOME="$DIR/nvidia/cu13"
+    # (NVRTC in a folder of its own: pip --target will not add to an existing nvidia/)
+    if ! ls "$DIR"/nvrtc/nvidia/cu13/lib/libnvrtc.so* > /dev/null 2>&1; then
+        python3 -m pip install -q --target "$DIR/nvrtc" --no-deps "nvidia-cuda-nvrtc==13.0.*"
+    fi
+    export CUDA_HOME="$DIR/nvidia/cu13" NVRTC_DIR="$DIR/nvrtc/nvidia/cu13/lib"
 fi
 NVCC="$CUDA_HOME/bin/nvcc"
 "$NVCC" --version | tail -2
@@ -46,5 +52,12 @@ awk '
 END { exit bad }' "$REPORT" || fail=1
 grep -E "Compiling entry|registers" "$REPORT" | paste - - | sed -E "s/ptxas info *: //g; s/Compiling entry function//; s/Function properties for.*//" | awk '{print}' > target/ptxas-summary.txt || true
 echo "report: $REPORT ($(grep -c 'Compiling entry' "$REPORT") kernel builds)"
-[ $fail = 0 ] && echo "ci-cuda-compile: OK (no errors, no spills)" || echo "ci-cuda-compile: FAILED"
+NVRTC_LIB=$(ls "${NVRTC_DIR:-$CUDA_HOME/lib}"/libnvrtc.so* "$CUDA_HOME"/lib64/libnvrtc.so* 2>/dev/null | grep -v -e builtins -e alt | head -1 || true)
+if [ -n "$NVRTC_LIB" ]; then
+    LD_LIBRARY_PATH="$(dirname "$NVRTC_LIB")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+        python3 scripts/nvrtc-check.py "$NVRTC_LIB" "$ARCHS" | tee -a "$REPORT" || { echo "NVRTC compile FAILED"; fail=1; }
+else
+    echo "NVRTC check FAILED: no libnvrtc under $CUDA_HOME"; fail=1
+fi
+[ $fail = 0 ] && echo "ci-cuda-compile: OK (no errors, no spills, NVRTC compiles)" || echo "ci-cuda-compile: FAILED"
 exit $fail
