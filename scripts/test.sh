@@ -54,7 +54,7 @@ if [ -d bindings/python/tests ]; then
     step "Python binding: pytest" python3 -m pytest -q bindings/python/tests
 fi
 if [ -f scripts/ci-cuda-compile.sh ] && [ "${DASHATTN_SKIP_CUDA_COMPILE:-0}" != 1 ]; then
-    step "CUDA kernels compile for sm_80 and sm_90a, no spills" bash scripts/ci-cuda-compile.sh
+    step "CUDA kernels compile for sm_80 and sm_90a (nvcc, no spills; NVRTC)" bash scripts/ci-cuda-compile.sh
 fi
 
 echo
