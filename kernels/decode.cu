@@ -1008,7 +1008,7 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     // nit <= splits <= 64 <= SEL_NT: thread i writes item i.
     __syncthreads();  // the firsts, ibase
     // Each item's first block and, when a tile lies in one page (as the attention's loader
-    // checks), its first tile's page: these table loads overlap the atomic.
+    // checks), its first tile's page (the items' slots were reserved at begin).
     const int first_local = (int)max((i64)0, t / p.bs - p.n_local + 1);
     const bool one_page = p.ps % min(p.bs, 64) == 0;
     int2 f = make_int2(0, 0);

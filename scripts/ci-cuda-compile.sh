@@ -52,7 +52,8 @@ awk '
 END { exit bad }' "$REPORT" || fail=1
 grep -E "Compiling entry|registers" "$REPORT" | paste - - | sed -E "s/ptxas info *: //g; s/Compiling entry function//; s/Function properties for.*//" | awk '{print}' > target/ptxas-summary.txt || true
 echo "report: $REPORT ($(grep -c 'Compiling entry' "$REPORT") kernel builds)"
-NVRTC_LIB=$(ls "${NVRTC_DIR:-$CUDA_HOME/lib}"/libnvrtc.so* "$CUDA_HOME"/lib64/libnvrtc.so* 2>/dev/null | grep -v -e builtins -e alt | head -1 || true)
+NVRTC_LIB=$(ls "${NVRTC_DIR:-$CUDA_HOME/lib}"/libnvrtc.so* "$CUDA_HOME"/lib64/libnvrtc.so* \
+    "${CUDA_WHEEL_DIR:-$HOME/.cache/dashattn-nvcc}"/nvrtc/nvidia/cu13/lib/libnvrtc.so* 2>/dev/null | grep -v -e builtins -e alt | head -1 || true)
 if [ -n "$NVRTC_LIB" ]; then
     LD_LIBRARY_PATH="$(dirname "$NVRTC_LIB")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
         python3 scripts/nvrtc-check.py "$NVRTC_LIB" "$ARCHS" | tee -a "$REPORT" || { echo "NVRTC compile FAILED"; fail=1; }
