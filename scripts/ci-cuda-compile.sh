@@ -11,8 +11,8 @@
 # toolkit instead), DASHATTN_CUDA_ARCHS (default "80,90a").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+DIR="${CUDA_WHEEL_DIR:-$HOME/.cache/dashattn-nvcc}"
 if [ -z "${CUDA_HOME:-}" ] || [ ! -x "${CUDA_HOME}/bin/nvcc" ]; then
-    DIR="${CUDA_WHEEL_DIR:-$HOME/.cache/dashattn-nvcc}"
     if [ ! -x "$DIR/nvidia/cu13/bin/nvcc" ]; then
         python3 -m pip install -q --target "$DIR" "nvidia-cuda-nvcc==13.0.*" "nvidia-nvvm==13.0.*" \
             "nvidia-cuda-crt==13.0.*" "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-cccl==13.0.*" \
@@ -53,7 +53,7 @@ END { exit bad }' "$REPORT" || fail=1
 grep -E "Compiling entry|registers" "$REPORT" | paste - - | sed -E "s/ptxas info *: //g; s/Compiling entry function//; s/Function properties for.*//" | awk '{print}' > target/ptxas-summary.txt || true
 echo "report: $REPORT ($(grep -c 'Compiling entry' "$REPORT") kernel builds)"
 NVRTC_LIB=$(ls "${NVRTC_DIR:-$CUDA_HOME/lib}"/libnvrtc.so* "$CUDA_HOME"/lib64/libnvrtc.so* \
-    "${CUDA_WHEEL_DIR:-$HOME/.cache/dashattn-nvcc}"/nvrtc/nvidia/cu13/lib/libnvrtc.so* 2>/dev/null | grep -v -e builtins -e alt | head -1 || true)
+    "$DIR"/nvrtc/nvidia/cu13/lib/libnvrtc.so* 2>/dev/null | grep -v -e builtins -e alt | head -1 || true)
 if [ -n "$NVRTC_LIB" ]; then
     LD_LIBRARY_PATH="$(dirname "$NVRTC_LIB")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
         python3 scripts/nvrtc-check.py "$NVRTC_LIB" "$ARCHS" | tee -a "$REPORT" || { echo "NVRTC compile FAILED"; fail=1; }
