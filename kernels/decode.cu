@@ -1084,22 +1084,30 @@ __device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, 
         // strides (thread: key ii0 + k * RPP, chunk col).
         const int pi = i0 / p.ps, r0 = i0 - pi * p.ps;
         const int pg = cnt > 0 ? (pgh >= -1 ? pgh : page_at(p, b, pi)) : -1;
+        // Every source address lies in the page (or in page 0 when there is none: ii < TK <=
+        // page_size); keys past cnt copy 0 bytes (zero fill). Pointer steps, 32-bit sizes: a
+        // few instructions a copy (this code runs once per CTA at batch 1, where its
+        // instruction fetch is on the critical path).
         const int ii0 = threadIdx.x / CPK, col = threadIdx.x % CPK;
-        const T *ks = (const T *)p.kc, *vs = (const T *)p.vc;
+        const char *ks = (const char *)p.kc, *vs = (const char *)p.vc;
         if (pg >= 0) {
-            ks += pg * p.sk.page + (i64)(r0 + ii0) * p.sk.slot + hk * p.sk.head + col * 8;
-            vs += pg * p.sv.page + (i64)(r0 + ii0) * p.sv.slot + hk * p.sv.head + col * 8;
+            ks += 2 * (pg * p.sk.page + (i64)(r0 + ii0) * p.sk.slot + hk * p.sk.head + col * 8);
+            vs += 2 * (pg * p.sv.page + (i64)(r0 + ii0) * p.sv.slot + hk * p.sv.head + col * 8);
         }
-        const int so0 = swz<D>(ii0, col);
+        const i64 kst = 2 * RPP * p.sk.slot, vst = 2 * RPP * p.sv.slot;
+        const int nok = pg >= 0 ? cnt : 0;  // keys [0, nok) are copied
+        const u32 kdst = smem_u32(kd + swz<D>(ii0, col)), vdst = smem_u32(vd + swz<D>(ii0, col));
 #pragma unroll
         for (int k = 0; k < 64 / RPP; ++k) {
             const int ii = ii0 + k * RPP;
             if (ii < TK) {
-                const bool ok = pg >= 0 && ii < cnt;
-                cp_async16(smem_u32(kd + so0 + k * RPP * D), ok ? ks + k * RPP * p.sk.slot : (const T *)p.kc, ok ? 16 : 0);
-                cp_async16(smem_u32(vd + so0 + k * RPP * D), ok ? vs + k * RPP * p.sv.slot : (const T *)p.vc, ok ? 16 : 0);
-                if (col == 0) okt[ii] = ok;
+                const int sz = ii < nok ? 16 : 0;
+                cp_async16(kdst + 2 * k * RPP * D, ks, sz);
+                cp_async16(vdst + 2 * k * RPP * D, vs, sz);
+                if (col == 0) okt[ii] = sz;
             }
+            ks += kst;
+            vs += vst;
         }
         cp_commit();
         return;
@@ -1364,29 +1372,31 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
         const int g = e / D, x = e % D;
         sQ[swz<D>(g, x >> 3) + (x & 7)] = g < hpu ? ((const u16 *)p.q)[b * p.sq_n + r * p.sq_l + (h0 + g) * p.sq_h + x] : (u16)0;
     }
-    issue(tt0, 0);
 #else
-    {
-        uint4 qv[Q_PER_THREAD(D)];
-        load_q_regs<T, D>(p, qv, b, r, h0, hpu);
-        issue(tt0, 0);
-        store_q_regs<D>(sQ, qv);  // visible after the loop's first barrier
-    }
+    uint4 qv[Q_PER_THREAD(D)];
+    load_q_regs<T, D>(p, qv, b, r, h0, hpu);
 #endif
     const int tslot = 6144 + (blockIdx.x & 2047);
-    DTRACE(tslot, 2);
     float oacc[NTO][4];
 #pragma unroll
     for (int i = 0; i < NTO; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
     float mrow[2] = {-DA_INF, -DA_INF}, lrow[2] = {0.f, 0.f};
-    for (int tt = tt0; tt < tt1; ++tt) {
-        const int stage = (tt - tt0) & 1;
-        if (tt + 1 < tt1) {
-            issue(tt + 1, stage ^ 1);
-            cp_wait<1>();
-        } else {
-            cp_wait<0>();
+    // Step k issues tile tt0 + k (one issue site: the loader's code once in the kernel) and
+    // computes tile tt0 + k - 1 (double buffered: stage = tile index & 1).
+    for (int k = 0, nt = tt1 - tt0; k <= nt; ++k) {
+        if (k < nt) issue(tt0 + k, k & 1);
+        if (k == 0) {
+#if !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900)
+            store_q_regs<D>(sQ, qv);  // visible after the next barrier
+#endif
+            DTRACE(tslot, 2);
+            continue;
         }
+        const int tt = tt0 + k - 1, stage = (k - 1) & 1;
+        if (k < nt)
+            cp_wait<1>();
+        else
+            cp_wait<0>();
         __syncthreads();  // tile tt (and sQ) visible
         if (tt == tt0) DTRACE(tslot, 3);
         float beta;
@@ -1400,13 +1410,29 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     merge_warp_states<D>(oacc, mrow, lrow, wo, wm, wl, mw, hpu, warp, lane);
     const bool single = nsplit == 1;
     float *opart = p.o_part + (((i64)s * p.n + b) * p.q_len + r) * p.hq * D;
-    for (int e = tid; e < hpu * D; e += ATT_NT) {
-        const int g = e / D, x = e % D;
-        float v = 0.f;
+    // (rolled, a float4 a step: short code; see attn_item's comment)
+#pragma unroll 1
+    for (int e = tid; e < hpu * D / 4; e += ATT_NT) {
+        const int g = e / (D / 4), x = (e % (D / 4)) * 4;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-        for (int w = 0; w < 4; ++w) v += wo[(w * 16 + g) * D + x] * mw[g * 4 + w];
-        if (single) ob[(h0 + g) * p.so_h + x] = from_f<T>(v);
-        else opart[(h0 + g) * D + x] = v;
+        for (int w = 0; w < 4; ++w) {
+            const float4 a = *(const float4 *)(wo + (w * 16 + g) * D + x);
+            const float f = mw[g * 4 + w];
+            v.x = fmaf(a.x, f, v.x);
+            v.y = fmaf(a.y, f, v.y);
+            v.z = fmaf(a.z, f, v.z);
+            v.w = fmaf(a.w, f, v.w);
+        }
+        if (single) {
+            T *od = ob + (h0 + g) * p.so_h + x;
+            od[0] = from_f<T>(v.x);
+            od[1] = from_f<T>(v.y);
+            od[2] = from_f<T>(v.z);
+            od[3] = from_f<T>(v.w);
+        } else {
+            *(float4 *)(opart + (h0 + g) * D + x) = v;
+        }
     }
     if (single) {
         if (p.lse)
@@ -1432,15 +1458,14 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
         const int nv = hpu * D / 4;
         float4 pre[MB];
         {
-            const int e = tid;
+            const int e = min(tid, nv - 1);  // (threads past nv: loads in the unit, unused)
             const float *op = o0 + (e / (D / 4)) * D + (e % (D / 4)) * 4;
 #pragma unroll
-            for (int k = 0; k < MB; ++k) pre[k] = e < nv && k < nsplit ? ldcg4(op + k * sstride) : make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int k = 0; k < MB; ++k) pre[k] = ldcg4(op + min(k, nsplit - 1) * sstride);  // (k >= nsplit: weight 0)
         }
-        for (int e = tid; e < hpu * nsplit; e += ATT_NT) {
-            const int g = e / nsplit, sp = e % nsplit;
-            mw[g * 64 + sp] = ldcg(p.lse_part + (((i64)sp * p.n + b) * p.hq + h0 + g) * p.q_len + r);
-        }
+        // (no division: nsplit <= 64 lanes of two warps a head)
+        for (int g = tid >> 6, sp = tid & 63; g < hpu; g += ATT_NT / 64)
+            if (sp < nsplit) mw[g * 64 + sp] = ldcg(p.lse_part + (((i64)sp * p.n + b) * p.hq + h0 + g) * p.q_len + r);
         __syncthreads();
         for (int g = warp; g < hpu; g += ATT_NT / 32) {  // a warp per head (nsplit <= 64)
             const float l0 = lane < nsplit ? mw[g * 64 + lane] : -DA_INF, l1 = lane + 32 < nsplit ? mw[g * 64 + lane + 32] : -DA_INF;
@@ -1452,15 +1477,16 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
             if (lane == 0 && p.lse) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = lse;
         }
         __syncthreads();
+#pragma unroll 1
         for (int e = tid; e < nv; e += ATT_NT) {
             const int g = e / (D / 4), x = (e % (D / 4)) * 4;
             const float *op = o0 + g * D + x;
             float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 1
             for (int sp0 = 0; sp0 < nsplit; sp0 += MB) {
                 float4 a[MB];
 #pragma unroll
-                for (int k = 0; k < MB; ++k)
-                    a[k] = sp0 == 0 && e == tid ? pre[k] : (sp0 + k < nsplit ? ldcg4(op + (sp0 + k) * sstride) : make_float4(0.f, 0.f, 0.f, 0.f));
+                for (int k = 0; k < MB; ++k) a[k] = sp0 == 0 && e == tid ? pre[k] : ldcg4(op + min(sp0 + k, nsplit - 1) * sstride);
 #pragma unroll
                 for (int k = 0; k < MB; ++k) {
                     const float w = sp0 + k < nsplit ? mw[g * 64 + sp0 + k] : 0.f;
