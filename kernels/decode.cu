@@ -1410,7 +1410,8 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     merge_warp_states<D>(oacc, mrow, lrow, wo, wm, wl, mw, hpu, warp, lane);
     const bool single = nsplit == 1;
     float *opart = p.o_part + (((i64)s * p.n + b) * p.q_len + r) * p.hq * D;
-    // (rolled, a float4 a step: short code; see attn_item's comment)
+    // (rolled, a float4 a step: at batch 1 this runs once a CTA from a cold instruction
+    // cache, so the code's length is on the critical path; docs/cuda-notes.md, fifth session)
 #pragma unroll 1
     for (int e = tid; e < hpu * D / 4; e += ATT_NT) {
         const int g = e / (D / 4), x = (e % (D / 4)) * 4;
