@@ -1325,6 +1325,14 @@ __device__ __forceinline__ void store_q_regs(u16 *sQ, const uint4 (&qv)[Q_PER_TH
 // otherwise the split writes its partial and the last split of the row to finish (counter
 // p.cnt[ru], zeroed by dec_select) merges all partials in split order (deterministic
 // whichever CTA it is). Called by every thread; ends with a barrier.
+// Four consecutive outputs (o rows have no alignment guarantee: scalar stores).
+template <typename T> __device__ __forceinline__ void store4(T *od, float4 v) {
+    od[0] = from_f<T>(v.x);
+    od[1] = from_f<T>(v.y);
+    od[2] = from_f<T>(v.z);
+    od[3] = from_f<T>(v.w);
+}
+
 template <typename T, int D>
 __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, u16 *sQ, int *okm, float *wm, float *wl, float *mw, int *flag,
                                           int ru, int b, int r, int h0, int hpu, int len, int s, int nsplit, int m0, int m1, int nsel, int jf, float bf, int pg0) {
@@ -1426,11 +1434,7 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
             v.w = fmaf(a.w, f, v.w);
         }
         if (single) {
-            T *od = ob + (h0 + g) * p.so_h + x;
-            od[0] = from_f<T>(v.x);
-            od[1] = from_f<T>(v.y);
-            od[2] = from_f<T>(v.z);
-            od[3] = from_f<T>(v.w);
+            store4<T>(ob + (h0 + g) * p.so_h + x, v);
         } else {
             *(float4 *)(opart + (h0 + g) * D + x) = v;
         }
@@ -1497,11 +1501,7 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
                     v.w = fmaf(w, a[k].w, v.w);
                 }
             }
-            T *od = ob + (h0 + g) * p.so_h + x;
-            od[0] = from_f<T>(v.x);
-            od[1] = from_f<T>(v.y);
-            od[2] = from_f<T>(v.z);
-            od[3] = from_f<T>(v.w);
+            store4<T>(ob + (h0 + g) * p.so_h + x, v);
         }
         if (tid == 0) p.cnt[ru] = 0;
         DTRACE(tslot, 7);
