@@ -652,6 +652,22 @@ __device__ __forceinline__ void block_sum2(double &a, double &c, double *red, in
     }
 }
 
+// Max over the block (NT threads, a multiple of 128) with one barrier; red: NT / 32 floats,
+// 16-byte aligned, not written again before another barrier.
+template <int NT>
+__device__ __forceinline__ float block_max1(float v, float *red) {
+    v = warp_max(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float t = -DA_INF;
+#pragma unroll
+    for (int w4 = 0; w4 < NT / 128; ++w4) {
+        const float4 x = ((const float4 *)red)[w4];
+        t = fmaxf(t, fmaxf(fmaxf(x.x, x.y), fmaxf(x.z, x.w)));
+    }
+    return t;
+}
+
 // Exclusive prefix (pos) and total of cnt over the block (NT threads); wc: NT/32 ints.
 template <int NT>
 __device__ __forceinline__ void block_scan(int cnt, int *wc, int &pos, int &total) {
@@ -728,19 +744,25 @@ __device__ __forceinline__ void block_sum_pts(float (&a)[P], float (&q)[P], int 
         for (int j = 0; j < P; ++j) r[(V + j) * NW + w] = __int_as_float(k[j]);
     }
     __syncthreads();
-#pragma unroll
-    for (int j = 0; j < 3 * P; ++j) {
-        float fs = 0.f;
-        int is = 0;
+    // Lane j < 3P of every warp sums quantity j over the NW warps; then every lane takes the
+    // 3P sums by shuffles (NW / 4 + 3P loads and shuffles a lane, not 3P * NW / 4 loads).
+    float fs = 0.f;
+    int is = 0;
+    if (lane < 3 * P) {
 #pragma unroll
         for (int w4 = 0; w4 < NW / 4; ++w4) {
-            const float4 x = ((const float4 *)(r + j * NW))[w4];
-            if (j < V) fs += (x.x + x.y) + (x.z + x.w);
-            else is += (__float_as_int(x.x) + __float_as_int(x.y)) + (__float_as_int(x.z) + __float_as_int(x.w));
+            const float4 x = ((const float4 *)(r + lane * NW))[w4];
+            fs += (x.x + x.y) + (x.z + x.w);
+            is += (__float_as_int(x.x) + __float_as_int(x.y)) + (__float_as_int(x.z) + __float_as_int(x.w));
         }
-        if (j < P) a[j] = fs;
-        else if (j < V) q[j - P] = fs;
-        else k[j - V] = is;
+    }
+    const float mine = lane < V ? fs : __int_as_float(is);
+#pragma unroll
+    for (int j = 0; j < 3 * P; ++j) {
+        const float x = __shfl_sync(0xffffffffu, mine, j);
+        if (j < P) a[j] = x;
+        else if (j < V) q[j - P] = x;
+        else k[j - V] = __float_as_int(x);
     }
 }
 
@@ -782,7 +804,7 @@ __device__ __forceinline__ void select_row(const float *z, int ncand, float alph
         mx = fmaxf(mx, zc[i]);
     }
     for (int j = tid + C * NT; j < ncand; j += NT) mx = fmaxf(mx, z[j]);
-    mx = block_max(mx, sm.red);
+    mx = block_max1<NT>(mx, sm.red);  // (sm.red's next writer, block_sum, starts with a barrier)
     const int tslot = 4096 + ((blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)) & 2047);
     DTRACE(tslot, 4);
     const bool soft = alpha <= 1.f;
@@ -930,7 +952,7 @@ __device__ __forceinline__ void select_row(const float *z, int ncand, float alph
 #define SEL_C 8
 template <typename T>
 __device__ __forceinline__ void dec_select(const DecParams &p) {
-    __shared__ float red[32];
+    __shared__ __align__(16) float red[32];
     // block_sum2: 128 doubles; block_sum_pts: 2 * 3 * P * (NT / 32) floats
     __shared__ __align__(16) double redd[3 * DASH_SEL_P * (SEL_NT / 32) > 128 ? 3 * DASH_SEL_P * (SEL_NT / 32) : 128];
     __shared__ int wcnt[SEL_NT / 32];
@@ -1457,7 +1479,7 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
         // The last split merges: o = sum_sp w_sp o_sp, w_sp = exp(lse_sp - lse) (split order:
         // deterministic). Each thread's first MB partials (one float4 of one head each) load
         // before the lse values, so both round trips overlap; further ones in batches of MB.
-        constexpr int MB = 8;
+        constexpr int MB = 16;  // (8: 7 dependent rounds for 49 partials; docs/cuda-notes.md, sixth session)
         const float *o0 = p.o_part + ((i64)b * p.q_len + r) * p.hq * D + h0 * D;
         const i64 sstride = (i64)p.n * p.q_len * p.hq * D;
         const int nv = hpu * D / 4;

@@ -118,11 +118,11 @@ static void decode(const Setup &s, const Layer &l, cudaStream_t st) {
     score_k<<<dim3(s.chunks, HKV, s.n), 256, D * 4, st>>>(p);
     static const bool nopdl = getenv("NOPDL") != nullptr;
     if (nopdl) {
-        select_k<<<dim3(1, HKV, s.n), 256, 0, st>>>(p);
+        select_k<<<dim3(1, HKV, s.n), SEL_NT, 0, st>>>(p);
         attn_k<<<dim3(s.grid), 128, attn_smem(), st>>>(p);
         return;
     }
-    launch_pdl(select_k, dim3(1, HKV, s.n), 256, 0, st, p);
+    launch_pdl(select_k, dim3(1, HKV, s.n), SEL_NT, 0, st, p);
     launch_pdl(attn_k, dim3(s.grid), 128, attn_smem(), st, p);
 }
 
