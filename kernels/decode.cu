@@ -539,12 +539,18 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
     // slot j % bpp (bpp = blocks per page when page_size >= B, ppb = pages per block when
     // page_size < B; the other is 1). 32-bit: j * B < seq_len < 2^31.
     const int bpp = max(1, p.ps / p.bs), ppb = max(1, p.bs / p.ps);
+    // (all U table loads are issued before any is checked: validating each entry as it was
+    // loaded made the compiler branch around every load and wait for it, U round trips)
     auto pages = [&](int jb, int jend, int *pgo) {
+        const int *tb = p.table + b * p.st_b;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             int j = jb + u * KPW + kg;
-            pgo[u] = j < jend ? page_at(p, b, (j / bpp) * ppb) : -1;
+            pgo[u] = j < jend ? __ldg(tb + (i64)((j / bpp) * ppb) * p.st_i) : -1;
         }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (pgo[u] >= p.num_pages) pgo[u] = -1;
     };
     // The length and the first pass's page-table entries load before the q staging (the
     // entries for the chunk's blocks below nbmax, masked to the length after it arrives);
@@ -1165,8 +1171,11 @@ __device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, 
         const int ii = (threadIdx.x + k * NT) / CPK;
         const int q = (r0 + ii) / p.ps;
         sl[k] = r0 + ii - q * p.ps;
-        pg[k] = ii < cnt ? page_at(p, b, pi0 + q) : -1;
+        pg[k] = ii < cnt ? __ldg(p.table + b * p.st_b + (i64)(pi0 + q) * p.st_i) : -1;
     }
+#pragma unroll
+    for (int k = 0; k < EPT; ++k)  // (checked after all loads are issued, as in the score)
+        if (pg[k] >= p.num_pages) pg[k] = -1;
 #pragma unroll
     for (int k = 0; k < EPT; ++k) {
         const int e = threadIdx.x + k * NT, ii = e / CPK, col = e % CPK;

@@ -11,8 +11,9 @@
 //   nvcc -O3 -std=c++17 -DDASH_TRACE -gencode arch=compute_90a,code=sm_90a \
 //        scripts/microbench/decode_trace.cu -o decode_trace -L$CUDA_HOME/lib
 // Run: ./decode_trace [L=131072] [kscales=0.25,0.5,2,8] [batch=1]; env SPLITS, GRID, WCHUNK,
-// NOPF=1, NOPDL=1 override the splits per row, the attention grid, the blocks per item, the
-// select's local-block prefetch, programmatic dependent launch.
+// NOPF=1, NOPDL=1, SPLITSPLAN override the splits per row, the attention grid, the blocks per
+// item, the select's local-block prefetch, programmatic dependent launch, the splits the
+// workspace holds (<= 64); SCOREONLY=1 times the score kernel alone.
 #include <cuda.h>
 #include <cuda_runtime.h>
 #include <cstdio>
@@ -69,6 +70,7 @@ extern "C" __global__ void pool_k(DecParams p) { pool_paged<bf16_t>(p); }
 // (the `_pre` score variant, which the library takes when a CTA makes one pass: batch 1 at
 // up to 512k tokens here; with several passes the library takes the PRE = false kernel)
 extern "C" __global__ void __launch_bounds__(256, 4) score_k(DecParams p) { dec_score<bf16_t, 128, 1, true>(p); }
+extern "C" __global__ void __launch_bounds__(256, 3) score_np(DecParams p) { dec_score<bf16_t, 128, 1, false>(p); }
 extern "C" __global__ void __launch_bounds__(SEL_NT) select_k(DecParams p) { dec_select<bf16_t>(p); }
 extern "C" __global__ void __launch_bounds__(ATT_NT, 3) attn_k(DecParams p) { dec_attn<bf16_t, 128>(p); }
 
@@ -115,7 +117,12 @@ static DecParams params(const Setup &s, const Layer &l) {
 static size_t attn_smem() { return 2 * 2 * 64 * D * 2 + 16 * D * 2 + 2 * 64 * 4 + 2 * 64 * 4 + 16 * 64 * 4 + 16; }
 static void decode(const Setup &s, const Layer &l, cudaStream_t st) {
     DecParams p = params(s, l);
-    score_k<<<dim3(s.chunks, HKV, s.n), 256, D * 4, st>>>(p);
+    // (as src/cuda/decode.rs: the variant that loads its keys before staging q when each CTA
+    // makes one pass)
+    if (s.cb == 64) score_k<<<dim3(s.chunks, HKV, s.n), 256, D * 4, st>>>(p);
+    else score_np<<<dim3(s.chunks, HKV, s.n), 256, D * 4, st>>>(p);
+    static const bool score_only = getenv("SCOREONLY") != nullptr;  // the score kernel alone
+    if (score_only) return;
     static const bool nopdl = getenv("NOPDL") != nullptr;
     if (nopdl) {
         select_k<<<dim3(1, HKV, s.n), SEL_NT, 0, st>>>(p);
@@ -137,6 +144,7 @@ int main(int argc, char **argv) {
     Setup s;
     s.n = n; s.L = L; s.pages = n * L / PS; s.nbmax = L / B; s.rows = n * HKV;
     s.splits_plan = std::min(std::max((4 * g_sms + s.rows - 1) / s.rows, 16), 64);
+    if (getenv("SPLITSPLAN")) s.splits_plan = std::min(atoi(getenv("SPLITSPLAN")), 64);
     s.splits = std::min(std::max(3 * g_sms / s.rows, 16), s.splits_plan);
     s.grid = std::min(3 * g_sms, s.rows * s.splits_plan);
     if (getenv("SPLITS")) s.splits = std::min(atoi(getenv("SPLITS")), s.splits_plan);  // A/B overrides
