@@ -51,6 +51,10 @@ __device__ unsigned long long dash_trace[8192][8];
     } while (0)
 #endif
 
+// Trace slot of a select CTA (slots 4096..6143; the score's are 0..4095, the attention's
+// 6144..8191).
+__device__ __forceinline__ int sel_trace_slot() { return 4096 + ((blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)) & 2047); }
+
 // 16-bit storage types; conversions through PTX cvt (sm_80+).
 struct f16_t { u16 x; };
 struct bf16_t { u16 x; };
@@ -103,6 +107,9 @@ struct DecParams {
 };
 // Must match src/cuda/decode.rs `DecParams` (#[repr(C)]).
 static_assert(sizeof(DecParams) == 424, "DecParams layout");
+// The attention's K/V tiles (min(B, 64) keys, starting at multiples of that) each lie in one
+// page: one table entry a tile (the select then looks up each item's first tile's page).
+__device__ __forceinline__ bool tiles_in_one_page(const DecParams &p) { return p.ps % min(p.bs, 64) == 0; }
 
 // Block-wide reductions (blockDim a multiple of 32, <= 1024); every thread gets the result.
 __device__ float block_sum(float v, float *red) {
@@ -811,7 +818,7 @@ __device__ __forceinline__ void select_row(const float *z, int ncand, float alph
     }
     for (int j = tid + C * NT; j < ncand; j += NT) mx = fmaxf(mx, z[j]);
     mx = block_max1<NT>(mx, sm.red);  // (sm.red's next writer, block_sum, starts with a barrier)
-    const int tslot = 4096 + ((blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)) & 2047);
+    const int tslot = sel_trace_slot();
     DTRACE(tslot, 4);
     const bool soft = alpha <= 1.f;
     const float am1 = alpha - 1.f, smx = am1 * mx;
@@ -966,7 +973,7 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     // only inputs (lengths, alpha, page table, K/V) and this call's own counter, which
     // nothing before the attention kernel touches.
     const int r = blockIdx.x, u = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
-    const int tslot = 4096 + ((blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)) & 2047);
+    const int tslot = sel_trace_slot();
     DTRACE(tslot, 0);
     const int units = p.per_head ? p.hq : p.hkv;
     const int h0 = p.per_head ? u : u * p.group;
@@ -1038,7 +1045,7 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     // Each item's first block and, when a tile lies in one page (as the attention's loader
     // checks), its first tile's page (the items' slots were reserved at begin).
     const int first_local = (int)max((i64)0, t / p.bs - p.n_local + 1);
-    const bool one_page = p.ps % min(p.bs, 64) == 0;
+    const bool one_page = tiles_in_one_page(p);
     int2 f = make_int2(0, 0);
     int pg0 = -2;
     if (tid < nit) {
@@ -1382,7 +1389,7 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     const int tt0 = m0 * npb, tt1 = m1 * npb;
     const int tend = min(len, t + 1);  // keys [0, tend) may be attended
     T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
-    const bool one_page = p.ps % TK == 0;
+    const bool one_page = p.ps % TK == 0;  // (= tiles_in_one_page(p), TK = min(B, 64); this form keeps the measured code)
     auto tile = [&](int tt, float &beta, int &i0, int &cnt) {
         int m = tt / npb, sub = tt % npb, j;
         if (m == m0) {
