@@ -67,8 +67,8 @@ __global__ void flush_l2(float *buf, long long n) {
 }
 
 extern "C" __global__ void pool_k(DecParams p) { pool_paged<bf16_t>(p); }
-// (the `_pre` score variant, which the library takes when a CTA makes one pass: batch 1 at
-// up to 512k tokens here; with several passes the library takes the PRE = false kernel)
+// (score_k: the `_pre` variant, which the library takes when a CTA makes one pass, batch 1
+// at up to 512k tokens here; score_np: PRE = false, taken with several passes, as there)
 extern "C" __global__ void __launch_bounds__(256, 4) score_k(DecParams p) { dec_score<bf16_t, 128, 1, true>(p); }
 extern "C" __global__ void __launch_bounds__(256, 3) score_np(DecParams p) { dec_score<bf16_t, 128, 1, false>(p); }
 extern "C" __global__ void __launch_bounds__(SEL_NT) select_k(DecParams p) { dec_select<bf16_t>(p); }
