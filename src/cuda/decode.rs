@@ -208,7 +208,7 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
         b(&[splits, p.n, d.hq, d.q_len, 4])?,
         b(&[rows, 4])?,
         b(&[rows, splits, 32])?,
-        4,
+        8,
     ])?;
     Ok(Plan { units, hpu, nbmax, splits, layout })
 }
