@@ -1570,7 +1570,7 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     // Items past the grid go to whichever CTA finishes first: each CTA takes the next index
     // from p.nitems[1] when it starts an item (the atomic's latency hides behind the item).
     // Taking them in turns (item i to CTA i mod grid) left the CTAs' last items ending
-    // 84..185 us into a batch-8 step at 87% (rows of 179..324 blocks).
+    // 75..188 us into a batch-8 step at 87% (rows of 179..324 blocks).
     const int4 *items = (const int4 *)p.items;
     const int nitems = *p.nitems;
     const bool more = nitems > (int)gridDim.x;
