@@ -1059,8 +1059,9 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
 }
 
 // ---------------------------------------------------------------- v2 split-KV attention
-// Persistent grid (about 3 CTAs per SM), block 128 (4 warps); CTA i takes work items
-// i, i + grid, ... of the list dec_select built: item (row, s) is the s-th chunk of `per`
+// Persistent grid (about 3 CTAs per SM), block 128 (4 warps); CTA i takes work item i of
+// the list dec_select built, then items past the grid from a counter (dec_attn), whichever
+// CTA is free first: item (row, s) is the s-th chunk of `per`
 // blocks of the row's selected + local blocks, processed in tiles of TK = min(B, 64) keys. K and V tiles go global ->
 // smem by cp.async (16 bytes a thread, double buffered), rows stored with the 16-byte
 // chunk index XOR (key & 7) (conflict-free ldmatrix). Tensor cores (mma.sync m16n8k16):
