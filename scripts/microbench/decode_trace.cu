@@ -154,7 +154,7 @@ int main(int argc, char **argv) {
     s.cb = (int)std::min(cb, (long long)(s.nbmax + 63) / 64 * 64);
     s.chunks = (s.nbmax + s.cb - 1) / s.cb;
     size_t sz[10] = {(size_t)s.rows * s.nbmax * 4, (size_t)s.rows * 4, (size_t)s.rows * 4, (size_t)s.rows * s.nbmax * 4, (size_t)s.rows * s.nbmax * 4,
-                     (size_t)s.splits_plan * n * HQ * D * 4, (size_t)s.splits_plan * n * HQ * 4, (size_t)s.rows * 4, (size_t)s.rows * s.splits_plan * 32, 4};
+                     (size_t)s.splits_plan * n * HQ * D * 4, (size_t)s.splits_plan * n * HQ * 4, (size_t)s.rows * 4, (size_t)s.rows * s.splits_plan * 32, 8};
     size_t total = 0;
     for (int i = 0; i < 10; ++i) { s.off[i] = total; total += (sz[i] + 255) / 256 * 256; }
     CK(cudaMalloc(&s.ws, total));
