@@ -1550,7 +1550,7 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
 }
 
 // Shared memory of dec_attn (dynamic): K, V [2][64][D] and Q [16][D] (T), ok
-// [2][64] ints, warp m / l [4][16] each, weights [16][64], flag.
+// [2][64] ints, warp m / l [4][16] each, weights [16][64], flag[0] (last split) and flag[1] (next item).
 #define DEC_SMEM_LAYOUT(D)                                                                        \
     extern __shared__ uint4 smv[];                                                                 \
     u16 *sK = (u16 *)smv, *sV = sK + 2 * 64 * D, *sQ = sV + 2 * 64 * D;                            \
