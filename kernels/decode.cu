@@ -643,6 +643,199 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
     DTRACE(tslot, 2);
 }
 
+// ---------------------------------------------------------------- v2 coarse scores, streamed
+// The case of one row per KV head (per group, q_len 1) where dec_score's CTAs would make
+// several passes (many sequences, or long contexts): a grid of one wave (the CTAs an SM
+// holds, times the SMs) over all chunks of KPC candidate blocks of every (sequence, KV head),
+// warp w taking a contiguous range of them. A chunk's pooled keys (2 KB, a lane 16 bytes of
+// each of U keys, as in dec_score) go through a ring of S stages of the warp's own shared
+// memory by cp.async, so S - 1 chunks are in flight a warp without registers to hold them
+// (dec_score keeps its U keys a lane group in registers: 16 KB in flight a CTA, ~64 KB an SM;
+// here (S - 1) x 16 KB a CTA, 128 KB an SM at S = 3 and 4 CTAs an SM). A lane reads back
+// only the pieces it copied itself:
+// cp.async.wait_group orders copy and use, no barrier. Sequence lengths, page-table entries
+// and q are loaded per chunk as the warp's range reaches them (the next chunk's table
+// entries one chunk ahead of their copies); z is bitwise dec_score's (same sums, same order).
+template <int N> __device__ __forceinline__ void cp_wait_mem() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+struct ScoreCursor {
+    int b, hk, cc;  // sequence, KV head, chunk of the pair
+};
+template <typename T, int D, int S>
+__device__ __forceinline__ void dec_score_ring(const DecParams &p) {
+    constexpr int LPK = D / 8, KPW = 32 / LPK, U = 4, NW = 8, KPC = KPW * U;
+    static_assert(S >= 2 && S <= 8, "ring stages");
+    extern __shared__ uint4 ring[];  // [NW][S][U][32] 16-byte pieces
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, kg = lane / LPK, kl = lane % LPK;
+    const int tslot = blockIdx.x & 4095;
+    DTRACE(tslot, 0);
+    pdl_trigger();
+    if (blockIdx.x == 0 && threadIdx.x < 2) p.nitems[threadIdx.x] = 0;  // (the select kernels append to the list)
+    const int cpp = (p.nbmax + KPC - 1) / KPC;  // chunks per (sequence, KV head)
+    const i64 nch = (i64)p.n * p.hkv * cpp, nwg = (i64)gridDim.x * NW, wg = (i64)blockIdx.x * NW + warp;
+    const int c0 = (int)(wg * nch / nwg), c1 = (int)((wg + 1) * nch / nwg);
+    const int bpp = max(1, p.ps / p.bs), ppb = max(1, p.bs / p.ps);
+    const u32 sbase = smem_u32(ring + warp * S * U * 32 + lane);
+    auto advance = [&](ScoreCursor &c) {
+        if (++c.cc == cpp) {
+            c.cc = 0;
+            if (++c.hk == p.hkv) {
+                c.hk = 0;
+                ++c.b;
+            }
+        }
+    };
+    // Candidates of sequence b (its last row has the most).
+    auto ncand_of = [&](int b) {
+        const int t = seq_len(p, b) - 1;
+        return t >= 0 ? max(0, t / p.bs - p.n_local + 1) : 0;
+    };
+    // Table entries of chunk c's keys: pg[u] the page (-1: none), sl[u] the slot in it. All U
+    // loads are issued unconditionally (clamped index) and checked after, so they overlap
+    // (as in dec_score); one page per block (bpp = 1: the common layouts) needs no division.
+    auto pages = [&](const ScoreCursor &c, int *pg, int *sl) {
+        const int *tb = p.table + c.b * p.st_b;
+        const int jb = c.cc * KPC + kg;
+        if (bpp == 1) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                pg[u] = __ldg(tb + (i64)(min(jb + u * KPW, p.nbmax - 1) * ppb) * p.st_i);
+                sl[u] = 0;
+            }
+        } else {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int j = min(jb + u * KPW, p.nbmax - 1);
+                pg[u] = __ldg(tb + (i64)(j / bpp) * p.st_i);
+                sl[u] = j % bpp;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (pg[u] >= p.num_pages || jb + u * KPW >= p.nbmax) pg[u] = -1;
+    };
+    // Copies of chunk c into stage st; returns its bits: u (key in range: z written) and
+    // 4 + u (page valid: z from the key, else -inf).
+    auto issue = [&](const ScoreCursor &c, const int *pg, const int *sl, int ncand, int st) {
+        u32 bits = 0;
+        const T *pc = (const T *)p.pc + c.hk * p.sp.head + kl * 8;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int j = c.cc * KPC + u * KPW + kg;
+            if (j < ncand) {
+                bits |= 1u << u;
+                if (pg[u] >= 0) {
+                    bits |= 16u << u;
+                    cp_async16(sbase + (st * U + u) * 32 * 16, pc + pg[u] * p.sp.page + sl[u] * p.sp.slot, 16);
+                }
+            }
+        }
+        return bits;
+    };
+    if (c0 >= c1) {
+        DTRACE(tslot, 2);
+        return;
+    }
+    ScoreCursor ci;  // the next chunk to copy
+    {
+        const int pair = c0 / cpp;
+        ci.cc = c0 - pair * cpp;
+        ci.hk = pair % p.hkv;
+        ci.b = pair / p.hkv;
+    }
+    const ScoreCursor cstart = ci;
+    u64 bits = 0;  // 8 bits a stage
+    // Candidates of the sequence the copies have reached (reloaded when it changes).
+    int ncb = ci.b, nc = ncand_of(ci.b);
+    // Prologue: the table entries of the first S - 1 chunks load at once, then their copies.
+    {
+        int pgp[S - 1][U], slp[S - 1][U];
+        ScoreCursor cp[S - 1];
+#pragma unroll
+        for (int s = 0; s < S - 1; ++s) {
+            cp[s] = ci;
+            if (c0 + s < c1) pages(ci, pgp[s], slp[s]);
+            advance(ci);
+        }
+#pragma unroll
+        for (int s = 0; s < S - 1; ++s) {
+            if (c0 + s < c1) {
+                if (cp[s].b != ncb) {
+                    ncb = cp[s].b;
+                    nc = ncand_of(ncb);
+                }
+                bits |= (u64)issue(cp[s], pgp[s], slp[s], nc, s) << (8 * s);
+            }
+            cp_commit();
+        }
+    }
+    int pgn[U], sln[U];  // chunk ci's table entries
+    if (c0 + S - 1 < c1) pages(ci, pgn, sln);
+    ScoreCursor cc = cstart;  // the chunk to score
+    int qb = -1, qh = -1;
+    float qf[8];
+    const float qscale = p.sigma_c / p.group;
+    DTRACE(tslot, 1);
+    int st = 0;  // stage of chunk c
+    for (int c = c0; c < c1; ++c) {
+        {
+            const int sn = st == 0 ? S - 1 : st - 1;  // stage of chunk c + S - 1
+            if (c + S - 1 < c1) {
+                if (ci.b != ncb) {
+                    ncb = ci.b;
+                    nc = ncand_of(ncb);
+                }
+                bits = (bits & ~(0xffull << (8 * sn))) | (u64)issue(ci, pgn, sln, nc, sn) << (8 * sn);
+            }
+            cp_commit();
+            advance(ci);
+            if (c + S < c1) pages(ci, pgn, sln);
+        }
+        if (cc.b != qb || cc.hk != qh) {  // q of this (sequence, KV head): the group's mean
+            qb = cc.b;
+            qh = cc.hk;
+            const u16 *q0 = (const u16 *)p.q + qb * p.sq_n + (qh * p.group) * p.sq_h + kl * 8;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) qf[e] = 0.f;
+            for (int g = 0; g < p.group; ++g) {
+                const u16 *qr = q0 + g * p.sq_h;
+                u16 h[8];
+                if (p.flags & 2) {
+                    const uint4 v = *(const uint4 *)qr;
+                    h[0] = v.x; h[1] = v.x >> 16; h[2] = v.y; h[3] = v.y >> 16;
+                    h[4] = v.z; h[5] = v.z >> 16; h[6] = v.w; h[7] = v.w >> 16;
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) h[e] = qr[e];
+                }
+#pragma unroll
+                for (int e = 0; e < 8; ++e) qf[e] += to_f(T{h[e]});
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) qf[e] *= qscale;
+        }
+        cp_wait_mem<S - 1>();  // chunk c's copies (this lane's) have landed
+        const u32 cb = (u32)(bits >> (8 * st)) & 0xff;
+        const i64 zrow = ((i64)cc.b * p.hkv + cc.hk) * p.nbmax;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            uint4 kv;
+            asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(kv.x), "=r"(kv.y), "=r"(kv.z), "=r"(kv.w) : "r"(sbase + (st * U + u) * 32 * 16));
+            float kf[8];
+            unpack8<T>(kv, kf);
+            float a = 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) a = fmaf(qf[e], kf[e], a);
+#pragma unroll
+            for (int o = LPK / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+            const int j = cc.cc * KPC + u * KPW + kg;
+            if (kl == 0 && (cb >> u & 1)) p.z[zrow + j] = (cb >> (4 + u) & 1) ? a : -DA_INF;
+        }
+        advance(cc);
+        st = st == S - 1 ? 0 : st + 1;
+    }
+    DTRACE(tslot, 2);
+}
+
 // ---------------------------------------------------------------- v2 threshold + selection
 // Sum of two doubles over the block (NT threads); red has 2 * 2 * 32 slots (two buffers
 // alternated by `par`, so one barrier per call suffices).
@@ -1612,6 +1805,8 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     extern "C" __global__ void __launch_bounds__(256, 3) dash_dec_score_d128_##NAME(DecParams p) { dec_score<T, 128, 1, false>(p); } \
     extern "C" __global__ void __launch_bounds__(256, 4) dash_dec_score_d128_pre_##NAME(DecParams p) { dec_score<T, 128, 1, true>(p); } \
     extern "C" __global__ void __launch_bounds__(256, 2) dash_dec_score_d128_r4_##NAME(DecParams p) { dec_score<T, 128, 4, false>(p); } \
+    extern "C" __global__ void __launch_bounds__(256) dash_dec_score_d64_ring_##NAME(DecParams p) { dec_score_ring<T, 64, 3>(p); } \
+    extern "C" __global__ void __launch_bounds__(256) dash_dec_score_d128_ring_##NAME(DecParams p) { dec_score_ring<T, 128, 3>(p); } \
     extern "C" __global__ void __launch_bounds__(SEL_NT) dash_dec_select_##NAME(DecParams p) { dec_select<T>(p); } \
     extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d64_##NAME(DecParams p) { dec_attn<T, 64>(p); } \
     extern "C" __global__ void __launch_bounds__(ATT_NT, 3) dash_dec_attn_d128_##NAME(DecParams p) { dec_attn<T, 128>(p); }

@@ -14,7 +14,7 @@ export DASHATTN_CACHE_DIR=/tmp/dashattn-cache
 T0=$(date +%s); el() { echo "[t=$(( $(date +%s) - T0 ))s]"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 echo "=== gpu_decode (fatbin) $(el)"
-timeout 150 $D/gpu_decode --test-threads=1 --nocapture > $OUT/dec.txt 2>&1; echo "rc=$?"; grep -E '^decode|worst|test result|panicked' $OUT/dec.txt | tail -9
+timeout 200 $D/gpu_decode --test-threads=1 --nocapture > $OUT/dec.txt 2>&1; echo "rc=$?"; grep -E '^decode|worst|test result|panicked' $OUT/dec.txt | tail -9
 nvidia-smi --query-gpu=clocks.sm --format=csv,noheader,nounits -lms 200 > $OUT/clk.txt &
 B="env DASHATTN_LIBRARY=$PWD/$D/libdashattn.so PYTHONUNBUFFERED=1 python3 scripts/bench_backward_decode.py --skip bwd --reps 20"
 echo "=== bench 128k $(el)"

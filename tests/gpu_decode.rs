@@ -317,6 +317,30 @@ fn gpu_decode_batch_512() {
     run_case(&gpu, &mut rng, &c);
 }
 
+/// The streamed score kernel (`dec_score_ring`: one row per KV head, and so many candidate
+/// blocks over the batch that the per-(sequence, KV head) score CTAs would make several
+/// passes): D 64 / 128, bf16 / f16, GQA 1 / 4 / 8, pages of several blocks, blocks of several
+/// pages, ragged lengths (a one-token sequence, lengths one past a block, short of the local
+/// window), graph replay with shortened lengths on the first case. (Rows of <= 2048 candidate
+/// blocks: longer ones keep dec_score.)
+#[test]
+fn gpu_decode_streamed_scores() {
+    let Some(gpu) = cuda() else { return };
+    let mut rng = Rng::new(0x5C0E);
+    use DType::{BF16, F16};
+    // 64 sequences, one of 12000 tokens (every (sequence, KV head) is scored over the batch's
+    // widest row of candidate blocks, 187 here at B 64), the others short and ragged: n * hkv
+    // * candidate blocks stays above 8 CTAs an SM x the score CTA's keys a pass (64 at D 128,
+    // 128 at D 64) for up to ~180 SMs, while the CPU reference stays small.
+    let mut lens = vec![12000usize, 1, 3, 64, 65, 129, 777];
+    lens.extend((lens.len()..64).map(|i| 1 + (i * 37) % 600));
+    let cases = [(64usize, 8usize, 128usize, 64usize, 256usize, BF16), (16, 16, 64, 64, 16, F16), (32, 8, 128, 32, 64, F16), (64, 8, 64, 32, 32, BF16)];
+    for (i, &(hq, hkv, d, bs, ps, dt)) in cases.iter().enumerate() {
+        let c = Case { hq, hkv, d, bs, ps, sel: Selection::PerGroup, q_len: 1, dt, lens: lens.clone(), graph: i == 0, alpha: 1.5, q_off: false };
+        run_case(&gpu, &mut rng, &c);
+    }
+}
+
 #[test]
 fn gpu_merge_states_matches_cpu() {
     let Some(gpu) = cuda() else { return };

@@ -71,6 +71,11 @@ extern "C" __global__ void pool_k(DecParams p) { pool_paged<bf16_t>(p); }
 // at up to 512k tokens here; score_np: PRE = false, taken with several passes, as there)
 extern "C" __global__ void __launch_bounds__(256, 4) score_k(DecParams p) { dec_score<bf16_t, 128, 1, true>(p); }
 extern "C" __global__ void __launch_bounds__(256, 3) score_np(DecParams p) { dec_score<bf16_t, 128, 1, false>(p); }
+#ifndef RING_S
+#define RING_S 4
+#endif
+// (score_ring: the streamed variant, taken where score_np would be when RING=1)
+extern "C" __global__ void __launch_bounds__(256) score_ring(DecParams p) { dec_score_ring<bf16_t, 128, RING_S>(p); }
 extern "C" __global__ void __launch_bounds__(SEL_NT) select_k(DecParams p) { dec_select<bf16_t>(p); }
 extern "C" __global__ void __launch_bounds__(ATT_NT, 3) attn_k(DecParams p) { dec_attn<bf16_t, 128>(p); }
 
@@ -87,7 +92,7 @@ static void launch_pdl(void (*f)(DecParams), dim3 grid, int block, size_t smem, 
 // src/cuda/decode.rs `decode` for this shape (per group selection, q_len 1).
 struct Layer { bf16_t *k, *v, *pc; };
 struct Setup {
-    int n, L, pages, nbmax, rows, splits_plan, splits, grid, cb, chunks;
+    int n, L, pages, nbmax, rows, splits_plan, splits, grid, cb, chunks, ring_grid;
     int *table, *lens, *prev;
     bf16_t *q, *o;
     char *ws;
@@ -119,7 +124,9 @@ static void decode(const Setup &s, const Layer &l, cudaStream_t st) {
     DecParams p = params(s, l);
     // (as src/cuda/decode.rs: the variant that loads its keys before staging q when each CTA
     // makes one pass)
+    static const bool ring = getenv("RING") && atoi(getenv("RING")) == 1;
     if (s.cb == 64) score_k<<<dim3(s.chunks, HKV, s.n), 256, D * 4, st>>>(p);
+    else if (ring) score_ring<<<dim3(s.ring_grid), 256, RING_S * 16384, st>>>(p);
     else score_np<<<dim3(s.chunks, HKV, s.n), 256, D * 4, st>>>(p);
     static const bool score_only = getenv("SCOREONLY") != nullptr;  // the score kernel alone
     if (score_only) return;
@@ -141,6 +148,15 @@ int main(int argc, char **argv) {
     CK(cudaGetDeviceProperties(&prop, 0));
     g_sms = prop.multiProcessorCount;
     CK(cudaFuncSetAttribute(attn_k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attn_smem()));
+    CK(cudaFuncSetAttribute(score_ring, cudaFuncAttributeMaxDynamicSharedMemorySize, RING_S * 16384));
+    int ring_occ = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ring_occ, score_ring, 256, RING_S * 16384));
+    if (getenv("CARVE")) {  // the same preferred smem carveout (percent) for every kernel of the step
+        const int cv = atoi(getenv("CARVE"));
+        void (*ks[])(DecParams) = {score_k, score_np, score_ring, select_k, attn_k};
+        for (auto k : ks) CK(cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, cv));
+    }
+
     Setup s;
     s.n = n; s.L = L; s.pages = n * L / PS; s.nbmax = L / B; s.rows = n * HKV;
     s.splits_plan = std::min(std::max((4 * g_sms + s.rows - 1) / s.rows, 16), 64);
@@ -153,6 +169,10 @@ int main(int argc, char **argv) {
     long long cb = ((tot + 8 * g_sms - 1) / (8 * g_sms) + 63) / 64 * 64;
     s.cb = (int)std::min(cb, (long long)(s.nbmax + 63) / 64 * 64);
     s.chunks = (s.nbmax + s.cb - 1) / s.cb;
+    {
+        long long nch = (long long)n * HKV * ((s.nbmax + 7) / 8);  // chunks of 8 blocks (D 128)
+        s.ring_grid = (int)std::max(1ll, std::min((long long)ring_occ * g_sms, (nch + 7) / 8));
+    }
     size_t sz[10] = {(size_t)s.rows * s.nbmax * 4, (size_t)s.rows * 4, (size_t)s.rows * 4, (size_t)s.rows * s.nbmax * 4, (size_t)s.rows * s.nbmax * 4,
                      (size_t)s.splits_plan * n * HQ * D * 4, (size_t)s.splits_plan * n * HQ * 4, (size_t)s.rows * 4, (size_t)s.rows * s.splits_plan * 32, 8};
     size_t total = 0;
@@ -173,8 +193,8 @@ int main(int argc, char **argv) {
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
-    printf("# %s, %d SMs | L %d, batch %d, rows %d, splits %d (plan %d), attention grid %d, score chunks %d x cb %d\n", prop.name, g_sms, L, n,
-           s.rows, s.splits, s.splits_plan, s.grid, s.chunks, s.cb);
+    printf("# %s, %d SMs | L %d, batch %d, rows %d, splits %d (plan %d), attention grid %d, score chunks %d x cb %d, ring grid %d (S %d, %d a SM)\n", prop.name, g_sms, L, n,
+           s.rows, s.splits, s.splits_plan, s.grid, s.chunks, s.cb, s.ring_grid, RING_S, ring_occ);
     size_t pos = 0;
     while (pos < kss.size()) {
         size_t c = kss.find(',', pos);
@@ -196,6 +216,22 @@ int main(int argc, char **argv) {
         // sparsity and per-row selected counts
         decode(s, ls[0], st);
         CK(cudaStreamSynchronize(st));
+        {  // z checksum (bitwise: the score variants must agree)
+            std::vector<unsigned> zh((size_t)s.rows * s.nbmax);
+            CK(cudaMemcpy(zh.data(), s.ws + s.off[0], zh.size() * 4, cudaMemcpyDeviceToHost));
+            unsigned long long h = 1469598103934665603ull;
+            for (int r = 0; r < s.rows; ++r)
+                for (int j = 0; j < s.nbmax - 1; ++j) h = (h ^ zh[(size_t)r * s.nbmax + j]) * 1099511628211ull;
+            double zs = 0, za = 0;
+            for (int r = 0; r < s.rows; ++r)
+                for (int j = 0; j < s.nbmax - 1; ++j) {
+                    float v;
+                    memcpy(&v, &zh[(size_t)r * s.nbmax + j], 4);
+                    zs += v;
+                    za += fabs(v);
+                }
+            printf("z hash %016llx sum %.10g abs %.10g\n", h, zs, za);
+        }
         std::vector<int> seln(s.rows);
         CK(cudaMemcpy(seln.data(), s.ws + s.off[2], s.rows * 4, cudaMemcpyDeviceToHost));
         long long att = 0;

@@ -7,7 +7,7 @@
 use cudarc::driver::sys;
 
 use super::launch::{launch, launch_pdl, s3, DeviceScratch, Layout};
-use super::CudaDevice;
+use super::{check, CudaDevice};
 use crate::dtype::DType;
 use crate::error::{bail, Result};
 use crate::params::{Config, DecodeArgs, DecodeDims, MergeArgs, MergeDims, PagedDims, PoolPagedArgs, Selection, Tensor, Workspace};
@@ -122,6 +122,10 @@ fn kname(base: &str, s: &str) -> &'static str {
         ("score128pre", _) => "dash_dec_score_d128_pre_f16",
         ("score128r4", "bf16") => "dash_dec_score_d128_r4_bf16",
         ("score128r4", _) => "dash_dec_score_d128_r4_f16",
+        ("score64ring", "bf16") => "dash_dec_score_d64_ring_bf16",
+        ("score64ring", _) => "dash_dec_score_d64_ring_f16",
+        ("score128ring", "bf16") => "dash_dec_score_d128_ring_bf16",
+        ("score128ring", _) => "dash_dec_score_d128_ring_f16",
         ("select", "bf16") => "dash_dec_select_bf16",
         ("select", _) => "dash_dec_select_f16",
         ("attn64", "bf16") => "dash_dec_attn_d64_bf16",
@@ -130,6 +134,12 @@ fn kname(base: &str, s: &str) -> &'static str {
         _ => "dash_dec_attn_d128_f16",
     }
 }
+
+/// Stages of the streamed score kernel's ring (kernels/decode.cu `dec_score_ring`, the S of
+/// its instantiation) and its dynamic shared memory: [8 warps][S] chunks of 2 KB (32 lanes x
+/// 4 pieces of 16 bytes), for D 64 and 128 alike.
+const SCORE_RING_STAGES: usize = 3;
+const SCORE_RING_SMEM: usize = 8 * SCORE_RING_STAGES * 2048;
 
 /// Shared memory of the v2 attention kernel (kernels/decode.cu `dec_attn`).
 fn attn_smem(d: usize) -> usize {
@@ -344,9 +354,29 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
         // without prefetching across them); otherwise at least 16 for balance.
         let grid = (3 * sms).min(p.n * pl.units * d.q_len * pl.splits).max(1);
         dp.splits = (3 * sms / rows_total.max(1)).clamp(16, pl.splits.max(16)).min(pl.splits) as i32;
+        // One row per KV head and several passes a CTA (many sequences): the streamed score
+        // kernel instead, one wave of CTAs over all (sequence, KV head, chunk of 2 KB of
+        // pooled keys). Not past 2048 candidate blocks a row: there the select (which re-reads
+        // its row of z every round) ran slower after it (1M tokens at batch 1: 59.7 -> 74-80
+        // us; docs/cuda-notes.md, ninth session). DASHATTN_DEC_SCORE_RING=0 keeps dec_score.
+        let ring_chunks = p.n * p.hkv * pl.nbmax.div_ceil(if p.d == 64 { 16 } else { 8 });
+        let ring = rows == 1
+            && !single_pass
+            && pl.nbmax <= 2048
+            && ring_chunks <= i32::MAX as usize
+            && !std::env::var("DASHATTN_DEC_SCORE_RING").is_ok_and(|v| v == "0");
         unsafe {
-            let f = kern.function(kname(sc, s))?;
-            launch(f, (chunks, p.hkv, p.n), 256, rows * p.d * 4, stream, &dp, "cuLaunchKernel(dash_dec_score)")?;
+            if ring {
+                let f = kern.function(kname(if p.d == 64 { "score64ring" } else { "score128ring" }, s))?;
+                let smem = SCORE_RING_SMEM;
+                let mut per_sm = 0;
+                check(sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut per_sm, f, 256, smem), "cuOccupancyMaxActiveBlocksPerMultiprocessor(dash_dec_score_ring)")?;
+                let grid = (per_sm.max(1) as usize * sms).min(ring_chunks.div_ceil(8)).max(1);
+                launch(f, (grid, 1, 1), 256, smem, stream, &dp, "cuLaunchKernel(dash_dec_score_ring)")?;
+            } else {
+                let f = kern.function(kname(sc, s))?;
+                launch(f, (chunks, p.hkv, p.n), 256, rows * p.d * 4, stream, &dp, "cuLaunchKernel(dash_dec_score)")?;
+            }
             let f = kern.function(kname("select", s))?;
             launch_pdl(f, (d.q_len, pl.units, p.n), 256, 0, stream, &dp, pdl, "cuLaunchKernelEx(dash_dec_select)")?;
             let f = kern.function(kname(at, s))?;
