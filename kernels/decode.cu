@@ -652,10 +652,10 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
 // memory by cp.async, so S - 1 chunks are in flight a warp without registers to hold them
 // (dec_score keeps its U keys a lane group in registers: 16 KB in flight a CTA, ~64 KB an SM;
 // here (S - 1) x 16 KB a CTA, 128 KB an SM at S = 3 and 4 CTAs an SM). A lane reads back
-// only the pieces it copied itself:
-// cp.async.wait_group orders copy and use, no barrier. Sequence lengths, page-table entries
-// and q are loaded per chunk as the warp's range reaches them (the next chunk's table
-// entries one chunk ahead of their copies); z is bitwise dec_score's (same sums, same order).
+// only the pieces it copied itself, so cp.async.wait_group orders copy and use (no barrier).
+// Sequence lengths, page-table entries and q load per chunk as the warp's range reaches them
+// (the next chunk's table entries one chunk ahead of their copies); z is bitwise
+// dec_score's (same sums in the same order).
 template <int N> __device__ __forceinline__ void cp_wait_mem() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 struct ScoreCursor {
     int b, hk, cc;  // sequence, KV head, chunk of the pair
