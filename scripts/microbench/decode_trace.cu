@@ -13,7 +13,10 @@
 // Run: ./decode_trace [L=131072] [kscales=0.25,0.5,2,8] [batch=1]; env SPLITS, GRID, WCHUNK,
 // NOPF=1, NOPDL=1, SPLITSPLAN override the splits per row, the attention grid, the blocks per
 // item, the select's local-block prefetch, programmatic dependent launch, the splits the
-// workspace holds (<= 64); SCOREONLY=1 times the score kernel alone.
+// workspace holds (<= 64); SCOREONLY=1 times the score kernel alone; RING=1 takes the
+// streamed score kernel (dec_score_ring, S = -DRING_S stages, 3 as in the library) where
+// score_np would run; CARVE=<percent> sets one preferred shared-memory carveout for every
+// kernel of the step. Prints a bitwise checksum of z (score variants must agree).
 #include <cuda.h>
 #include <cuda_runtime.h>
 #include <cstdio>
@@ -72,7 +75,7 @@ extern "C" __global__ void pool_k(DecParams p) { pool_paged<bf16_t>(p); }
 extern "C" __global__ void __launch_bounds__(256, 4) score_k(DecParams p) { dec_score<bf16_t, 128, 1, true>(p); }
 extern "C" __global__ void __launch_bounds__(256, 3) score_np(DecParams p) { dec_score<bf16_t, 128, 1, false>(p); }
 #ifndef RING_S
-#define RING_S 4
+#define RING_S 3
 #endif
 // (score_ring: the streamed variant, taken where score_np would be when RING=1)
 extern "C" __global__ void __launch_bounds__(256) score_ring(DecParams p) { dec_score_ring<bf16_t, 128, RING_S>(p); }
