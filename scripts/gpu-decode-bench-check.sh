@@ -24,7 +24,7 @@ timeout 150 $B --dec-lens 8192,32768,1048576 --batches 1,8,64 --kscale 0.5,8 2>&
 kill %1 2>/dev/null
 sort -n $OUT/clk.txt | awk '{a[NR]=$1} END{print "SM clock (MHz): samples", NR, "min", a[1], "median", a[int(NR/2)+1], "max", a[NR]}'
 echo "=== memcheck decode (all but 1M) $(el)"
-timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $D/gpu_decode --test-threads=1 --skip gpu_decode_one_million_tokens 2>&1 | tail -1
+timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 $D/gpu_decode --test-threads=1 --skip gpu_decode_one_million_tokens 2>&1 | tail -1
 echo "=== racecheck table + merge $(el)"
 timeout 80 compute-sanitizer --tool racecheck --error-exitcode 9 $D/gpu_decode gpu_decode_matches gpu_merge --test-threads=1 2>&1 | tail -1
 echo "=== NVRTC table $(el)"

@@ -86,7 +86,12 @@ fn make_cache(rng: &mut Rng, n: usize, hkv: usize, d: usize, ps: usize, lens: &[
 fn make_cache_as(rng: &mut Rng, n: usize, hkv: usize, d: usize, ps: usize, lens: &[usize], bs: usize, dt: DType) -> Cache {
     let maxlen = *lens.iter().max().unwrap();
     let max_pages = maxlen.div_ceil(ps) + 1;
-    let pages = n * max_pages + 2;
+    // Each sequence owns the pages its length needs (+ 1); its table entries past those name
+    // random pages (never read: a kernel that did would attend foreign keys and fail the
+    // comparison). Allocating n * max_pages made ragged batches of one long sequence build
+    // gigabytes of cache on the host.
+    let need: Vec<usize> = lens.iter().map(|&l| l.div_ceil(ps) + 1).collect();
+    let pages = need.iter().sum::<usize>() + 2;
     let mut order: Vec<usize> = (0..pages).collect();
     for i in (1..pages).rev() {
         order.swap(i, rng.below(i + 1));
@@ -99,10 +104,15 @@ fn make_cache_as(rng: &mut Rng, n: usize, hkv: usize, d: usize, ps: usize, lens:
         let tok = i / row;
         *x += topics[(tok / bs.min(ps)) * row + i % row];
     }
-    let table: Vec<i32> = (0..n * max_pages).map(|i| order[i] as i32).collect();
+    let mut owned = order.iter();
+    let mut table = vec![0i32; n * max_pages];
+    for (b, &nb) in need.iter().enumerate() {
+        for i in 0..max_pages {
+            table[b * max_pages + i] = if i < nb { *owned.next().unwrap() } else { order[rng.below(pages)] } as i32;
+        }
+    }
     // Sequence 1 shares sequence 0's first block of pages (a shared prefix). Sharing is per
     // whole block: a pooled-key slot belongs to the page holding its block's first token.
-    let mut table = table;
     if n > 1 {
         for i in 0..(bs / ps).max(1) {
             table[max_pages + i] = table[i];
@@ -285,8 +295,11 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
         let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: true, alpha: 1.5, q_off: false };
         worst = worst.max(run_case(&gpu, &mut rng, &c));
     }
-    // Other entmax alphas (each threshold solver of the select kernel) and a misaligned q.
-    for &(alpha, q_off, i) in &[(2.0f32, false, 0usize), (1.0, false, 3), (1.25, true, 8), (1.75, false, 4), (2.0, true, 5)] {
+    // Other entmax alphas (each threshold solver of the select kernel, on steps of few and
+    // of many rows: cases 3, 0 and 5 have 16 / 32 / 32 rows, 7 has 128, 8, 4 and 10 have
+    // 384-512, so items of at least 1, 2 and 3 blocks) and a misaligned q.
+    let alphas = [(2.0f32, false, 0usize), (1.0, false, 3), (1.25, true, 8), (1.75, false, 4), (2.0, true, 5), (1.0, false, 10), (2.0, false, 7)];
+    for &(alpha, q_off, i) in &alphas {
         let (hq, hkv, d, bs, ps, sel, q_len, dt) = cases[i];
         let lens = vec![3000usize, 777, 40.max(q_len), q_len];
         let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: false, alpha, q_off };

@@ -117,7 +117,7 @@ static DecParams params(const Setup &s, const Layer &l) {
     p.n = s.n; p.q_len = 1; p.hq = HQ; p.hkv = HKV; p.d = D; p.bs = B; p.ps = PS;
     p.num_pages = s.pages; p.max_pages = s.L / PS; p.nbmax = s.nbmax; p.n_local = 1; p.per_head = 0; p.group = G;
     p.splits = s.splits; p.alpha = 1.5f; p.sigma = p.sigma_c = 1.f / sqrtf((float)D); p.cb = s.cb;
-    p.wchunk = s.rows < 128 ? 1 : 2;
+    p.wchunk = s.rows <= 16 ? 1 : s.rows < 256 ? 2 : 3;  // (src/cuda/decode.rs wchunk)
     p.flags = (s.rows <= 16 && !getenv("NOPF") ? 1 : 0) | 2;
     if (getenv("WCHUNK")) p.wchunk = atoi(getenv("WCHUNK"));
     return p;

@@ -141,6 +141,23 @@ fn kname(base: &str, s: &str) -> &'static str {
 const SCORE_RING_STAGES: usize = 3;
 const SCORE_RING_SMEM: usize = 8 * SCORE_RING_STAGES * 2048;
 
+/// Fewest blocks in one attention work item (an item of `per` blocks a row, `per` =
+/// max(wchunk, blocks / splits)), by the rows of the step. Each item pays a fixed cost
+/// (first-tile latency, warp-state merge, partial write, fence, split count) that one
+/// 64-key tile does not hide when rows have few blocks. Measured on the H200 (decode_trace
+/// harness, 128k, Hkv 8, per layer at 99.5 / 99.85% sparsity; docs/cuda-notes.md, eleventh
+/// session): 8 and 16 rows keep 1 (16 rows, 2: 22.2 / 19.1 -> 22.4 / 20.6 us); 32 rows 1 or
+/// 2 within 0.5 us; 64 rows 42.5 / 31.3 -> 35.9 / 31.5 us with 2; 128 rows 60.9 / 44.9 ->
+/// 58.4 / 45.4 with 2 (3: 60.8 / 47.2); 256 rows 90.2 / 75.0 (2) -> 88.5 / 69.2 with 3; 512
+/// rows 151.2 / 119.6 (2) -> 148.6 / 118.8 with 3 (4: 147.7 / 121.4).
+fn wchunk(rows: usize) -> i32 {
+    match rows {
+        0..=16 => 1,
+        17..=255 => 2,
+        _ => 3,
+    }
+}
+
 /// Shared memory of the v2 attention kernel (kernels/decode.cu `dec_attn`).
 fn attn_smem(d: usize) -> usize {
     // K, V [2][64][D] + Q [16][D] (16-bit), ok [2][64], m/l [4][16] each, weights [16][64], flag
@@ -301,7 +318,7 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.cnt = at(7);
     dp.items = at(8);
     dp.nitems = at(9);
-    dp.wchunk = if p.n * pl.units * d.q_len < 128 { 1 } else { 2 };
+    dp.wchunk = wchunk(p.n * pl.units * d.q_len);
     dp.lse = a.lse.map_or(0, |t| t.ptr as u64);
     dp.sl = a.lse.as_ref().map_or([0; 3], s3);
     dp.q_len = d.q_len as i32;
