@@ -318,7 +318,6 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.cnt = at(7);
     dp.items = at(8);
     dp.nitems = at(9);
-    dp.wchunk = wchunk(p.n * pl.units * d.q_len);
     dp.lse = a.lse.map_or(0, |t| t.ptr as u64);
     dp.sl = a.lse.as_ref().map_or([0; 3], s3);
     dp.q_len = d.q_len as i32;
@@ -335,6 +334,7 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     // is bandwidth-bound and the prefetch would only add traffic);
     // DASHATTN_DEC_NO_PREFETCH=1 turns it off (A/B measurements).
     let rows_total = p.n * pl.units * d.q_len;
+    dp.wchunk = wchunk(rows_total);
     dp.flags = (rows_total <= 16 && !std::env::var("DASHATTN_DEC_NO_PREFETCH").is_ok_and(|v| v == "1")) as i32;
     // The attention loads q rows 16 bytes at a time when they are 16-byte aligned.
     dp.flags |= (aligned(&a.q) as i32) << 1;
