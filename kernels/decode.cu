@@ -105,9 +105,11 @@ struct DecParams {
     int wchunk;   // v2: blocks per work item (at least; rows with > splits * wchunk blocks use more)
     int flags;    // v2: bit 0: select prefetches the K/V rows of the row's local blocks into L2;
                   // bit 1: q rows are 16-byte aligned (vector loads)
+    // v2 attention: multipliers for x / d by fdiv (fast_div_m of q_len, units, group, ps)
+    u32 m_qlen, m_units, m_group, m_ps;
 };
 // Must match src/cuda/decode.rs `DecParams` (#[repr(C)]).
-static_assert(sizeof(DecParams) == 424, "DecParams layout");
+static_assert(sizeof(DecParams) == 440, "DecParams layout");
 // The attention's K/V tiles (min(B, 64) keys, starting at multiples of that) each lie in one
 // page: one table entry a tile (the select then looks up each item's first tile's page).
 __device__ __forceinline__ bool tiles_in_one_page(const DecParams &p) { return p.ps % min(p.bs, 64) == 0; }
@@ -1299,20 +1301,29 @@ __device__ __forceinline__ float4 ldcg4(const float *ptr) {
     return v;
 }
 
+// x / d for 0 <= x < 2^31 and 1 <= d < 2^31 by a multiply-high and a shift (Granlund and
+// Montgomery: l = ceil(log2 d), m = ceil(2^(31 + l) / d) < 2^32, x / d = umulhi(x, m) >>
+// (l - 1); d = 1 has m = 0). m comes with the parameters (src/cuda/decode.rs `fast_div_m`,
+// constant bank: no register): the attention's per-item and per-tile index math divided by
+// the runtime q_len, units, group and page_size (~25 instructions and a MUFU each), 6-11% of
+// its instructions at batch 64 (ncu, docs/cuda-notes.md, twelfth session).
+__device__ __forceinline__ int fdiv(int x, u32 m, int d) { return m == 0 ? x : (int)(__umulhi((u32)x, m) >> (31 - __clz((u32)d - 1))); }
+
 // K and V of one tile (keys [i0, i0 + cnt), cnt <= TK <= 64) of KV head hk of sequence b
 // into smem (swizzled rows, cp.async 16 bytes a thread and chunk, zero-filled past cnt or
 // on a bad page; okt[ii] = key ii is valid), committed as one group. one_page (the tile in
 // one page): one table entry and constant address steps. Otherwise per key: sm_90+ loads
 // the tile's page-table entries first, all at once; sm_80 one in front of each copy.
 template <typename T, int D, int NT>
-__device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, int i0, int cnt, int TK, bool one_page, int pgh, u16 *kd, u16 *vd, int *okt) {
+__device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, int i0, int cnt, int TK, bool one_page, int pgh, u16 *kd,
+                                             u16 *vd, int *okt) {
     constexpr int CPK = D / 8, RPP = NT / CPK;  // 16-byte chunks per key; keys per pass
     static_assert(RPP % 8 == 0, "the swizzle repeats every 8 rows");
     if (one_page) {
         // The tile lies in one page (page_size a multiple of TK, tiles start at multiples of
         // TK): one table entry (pgh when >= -1: looked up by the select kernel), then constant
         // strides (thread: key ii0 + k * RPP, chunk col).
-        const int pi = i0 / p.ps, r0 = i0 - pi * p.ps;
+        const int pi = fdiv(i0, p.m_ps, p.ps), r0 = i0 - pi * p.ps;
         const int pg = cnt > 0 ? (pgh >= -1 ? pgh : page_at(p, b, pi)) : -1;
         // Every source address lies in the page (or in page 0 when there is none: ii < TK <=
         // page_size); keys past cnt copy 0 bytes (zero fill). Pointer steps, 32-bit sizes: a
@@ -1365,13 +1376,13 @@ __device__ __forceinline__ void load_kv_tile(const DecParams &p, int b, int hk, 
     }
 #else
     constexpr int EPT = 64 * CPK / NT;
-    const int pi0 = i0 / p.ps;
+    const int pi0 = fdiv(i0, p.m_ps, p.ps);
     const int r0 = i0 - pi0 * p.ps;
     int pg[EPT], sl[EPT];
 #pragma unroll
     for (int k = 0; k < EPT; ++k) {
         const int ii = (threadIdx.x + k * NT) / CPK;
-        const int q = (r0 + ii) / p.ps;
+        const int q = fdiv(r0 + ii, p.m_ps, p.ps);
         sl[k] = r0 + ii - q * p.ps;
         pg[k] = ii < cnt ? __ldg(p.table + b * p.st_b + (i64)(pi0 + q) * p.st_i) : -1;
     }
@@ -1568,25 +1579,26 @@ template <typename T> __device__ __forceinline__ void store4(T *od, float4 v) {
 
 template <typename T, int D>
 __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, u16 *sQ, int *okm, float *wm, float *wl, float *mw, int *flag,
-                                          int ru, int b, int r, int h0, int hpu, int len, int s, int nsplit, int m0, int m1, int nsel, int jf, float bf, int pg0) {
+                                          int ru, int b, int r, int h0, int hk, int hpu, int len, int s, int nsplit, int m0, int m1, int nsel, int jf, float bf,
+                                          int pg0) {
     constexpr int TKM = 64, NTO = D / 8;
     float *wo = (float *)sK;  // [4][16][D] after the item's tiles (reuses K/V)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int hk = h0 / p.group;
-    const int bs = p.bs;
-    const int TK = bs < TKM ? bs : TKM, npb = bs / TK;
+    const int bs = p.bs;  // 16, 32, 64 or 128 (src/params.rs)
+    const int TK = bs < TKM ? bs : TKM, lgnpb = bs > TKM ? 1 : 0;  // tiles a block: 1 << lgnpb
+    const int lgbs = 31 - __clz(bs);
     const float sl2 = p.sigma * DA_LOG2E;
     const int kw = warp * 16;  // this warp's keys in a tile
     // (token positions fit 32 bits: seq_lens are int32)
     const int t = len - p.q_len + r;  // >= 0: rows with t < 0 have no work
-    const int c = t / bs;
+    const int c = t >> lgbs;
     const int first_local = max(0, c - p.n_local + 1);
-    const int tt0 = m0 * npb, tt1 = m1 * npb;
+    const int tt0 = m0 << lgnpb, tt1 = m1 << lgnpb;
     const int tend = min(len, t + 1);  // keys [0, tend) may be attended
     T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
     const bool one_page = p.ps % TK == 0;  // (= tiles_in_one_page(p), TK = min(B, 64); this form keeps the measured code)
     auto tile = [&](int tt, float &beta, int &i0, int &cnt) {
-        int m = tt / npb, sub = tt % npb, j;
+        int m = tt >> lgnpb, sub = tt & lgnpb, j;  // (npb - 1 = lgnpb: npb is 1 or 2)
         if (m == m0) {
             j = jf;
             beta = bf;
@@ -1699,7 +1711,7 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
             const int e = min(tid, nv - 1);  // (threads past nv: loads in the unit, unused)
             const float *op = o0 + (e / (D / 4)) * D + (e % (D / 4)) * 4;
 #pragma unroll
-            for (int k = 0; k < MB; ++k) pre[k] = ldcg4(op + min(k, nsplit - 1) * sstride);  // (k >= nsplit: weight 0)
+            for (int k = 0; k < MB; ++k) pre[k] = k < nsplit ? ldcg4(op + k * sstride) : make_float4(0.f, 0.f, 0.f, 0.f);  // (k >= nsplit: weight 0)
         }
         // (no division: nsplit <= 64 lanes of two warps a head)
         for (int g = tid >> 6, sp = tid & 63; g < hpu; g += ATT_NT / 64)
@@ -1724,7 +1736,8 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
             for (int sp0 = 0; sp0 < nsplit; sp0 += MB) {
                 float4 a[MB];
 #pragma unroll
-                for (int k = 0; k < MB; ++k) a[k] = sp0 == 0 && e == tid ? pre[k] : ldcg4(op + min(sp0 + k, nsplit - 1) * sstride);
+                for (int k = 0; k < MB; ++k)
+                    a[k] = sp0 == 0 && e == tid ? pre[k] : sp0 + k < nsplit ? ldcg4(op + (sp0 + k) * sstride) : make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
                 for (int k = 0; k < MB; ++k) {
                     const float w = sp0 + k < nsplit ? mw[g * 64 + sp0 + k] : 0.f;
@@ -1767,6 +1780,7 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     // 75..188 us into a batch-8 step at 87% (rows of 179..324 blocks).
     const int4 *items = (const int4 *)p.items;
     const int nitems = *p.nitems;
+    const int lgbs = 31 - __clz(p.bs);
     const bool more = nitems > (int)gridDim.x;
     int it = blockIdx.x;
     int4 ia = items[2 * it], ib = items[2 * it + 1];
@@ -1775,12 +1789,12 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
         if (more && threadIdx.x == 0) nxt = (int)gridDim.x + atomicAdd(p.nitems + 1, 1);
         // (row, split | nsplit << 16, per, nsel), (seq_len, first block, its log-prior, -)
         const int ru = ia.x, s = ia.y & 0xffff, nsplit = ia.y >> 16, per = ia.z, nsel = ia.w;
-        const int r = ru % p.q_len, u = (ru / p.q_len) % units, b = ru / (p.q_len * units);
-        const int h0 = p.per_head ? u : u * p.group;
+        const int rq = fdiv(ru, p.m_qlen, p.q_len), r = ru - rq * p.q_len, b = fdiv(rq, p.m_units, units), u = rq - b * units;
+        const int h0 = p.per_head ? u : u * p.group, hk = p.per_head ? fdiv(u, p.m_group, p.group) : u;
         const int len = ib.x;
-        const int c = (len - p.q_len + r) / p.bs;
+        const int c = (len - p.q_len + r) >> lgbs;
         const int total = nsel + (c - max(0, c - p.n_local + 1) + 1);
-        attn_item<T, D>(p, sK, sV, sQ, okm, wm, wl, mw, flag, ru, b, r, h0, hpu, len, s, nsplit, s * per, min(total, (s + 1) * per), nsel, ib.y,
+        attn_item<T, D>(p, sK, sV, sQ, okm, wm, wl, mw, flag, ru, b, r, h0, hk, hpu, len, s, nsplit, s * per, min(total, (s + 1) * per), nsel, ib.y,
                         __int_as_float(ib.z), ib.w);
         if (!more) break;
         if (threadIdx.x == 0) flag[1] = nxt;  // (flag[1]'s next write comes after attn_item's barriers)

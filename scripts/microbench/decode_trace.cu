@@ -16,7 +16,8 @@
 // workspace holds (<= 64); SCOREONLY=1 times the score kernel alone; RING=1 takes the
 // streamed score kernel (dec_score_ring, S = -DRING_S stages, 3 as in the library) where
 // score_np would run; CARVE=<percent> sets one preferred shared-memory carveout for every
-// kernel of the step. Prints a bitwise checksum of z (score variants must agree).
+// kernel of the step; ONECALL=1 makes one eager call a kscale and stops there (for ncu).
+// Prints a bitwise checksum of z (score variants must agree).
 #include <cuda.h>
 #include <cuda_runtime.h>
 #include <cstdio>
@@ -27,6 +28,9 @@
 #include <string>
 #include <algorithm>
 #include "../../kernels/decode.cu"
+#ifndef DASH_TRACE  // (built without the stamps, e.g. for ncu: the timelines print nothing)
+__device__ unsigned long long dash_trace[8192][8];
+#endif
 
 #define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); exit(1); } } while (0)
 
@@ -120,6 +124,13 @@ static DecParams params(const Setup &s, const Layer &l) {
     p.wchunk = s.rows <= 16 ? 1 : s.rows < 256 ? 2 : 3;  // (src/cuda/decode.rs wchunk)
     p.flags = (s.rows <= 16 && !getenv("NOPF") ? 1 : 0) | 2;
     if (getenv("WCHUNK")) p.wchunk = atoi(getenv("WCHUNK"));
+    // (src/cuda/decode.rs fast_div_m: the attention's fdiv multipliers; units = HKV per group)
+    auto fdm = [](unsigned d) -> unsigned {
+        if (d <= 1) return 0u;
+        unsigned l = 32 - __builtin_clz(d - 1);
+        return (unsigned)(((1ull << (31 + l)) + d - 1) / d);
+    };
+    p.m_qlen = fdm(1); p.m_units = fdm(HKV); p.m_group = fdm(G); p.m_ps = fdm(PS);
     return p;
 }
 static size_t attn_smem() { return 2 * 2 * 64 * D * 2 + 16 * D * 2 + 2 * 64 * 4 + 2 * 64 * 4 + 16 * 64 * 4 + 16; }
@@ -245,6 +256,10 @@ int main(int argc, char **argv) {
         CK(cudaMemcpy(&nit, s.ws + s.off[9], 4, cudaMemcpyDeviceToHost));
         printf("\n## kscale %g: block sparsity %.2f%%, selected per row min %d max %d mean %.1f, work items %d\n", ks, 100 * sparsity, mn, mx,
                (double)(att - s.rows) / s.rows, nit);
+        if (getenv("ONECALL")) {  // (for ncu: one eager call a kscale, no graph, no timelines)
+            for (auto &l : ls) { cudaFree(l.k); cudaFree(l.v); cudaFree(l.pc); }
+            continue;
+        }
         // per-layer graph
         cudaGraph_t gr;
         cudaGraphExec_t ge;

@@ -66,8 +66,23 @@ struct DecParams {
     nitems: u64,
     wchunk: i32,
     flags: i32,
+    m_qlen: u32,
+    m_units: u32,
+    m_group: u32,
+    m_ps: u32,
 }
-const _: () = assert!(std::mem::size_of::<DecParams>() == 424);
+const _: () = assert!(std::mem::size_of::<DecParams>() == 440);
+
+/// Multiplier for the kernels' `fdiv` (kernels/decode.cu): x / d = umulhi(x, m) >> (l - 1)
+/// for 0 <= x < 2^31, with l = ceil(log2 d) and m = ceil(2^(31 + l) / d) < 2^32; d <= 1
+/// gives 0 (fdiv returns x). d must be below 2^31.
+fn fast_div_m(d: usize) -> u32 {
+    if d <= 1 {
+        return 0;
+    }
+    let l = usize::BITS - (d - 1).leading_zeros();
+    ((1u64 << (31 + l)).div_ceil(d as u64)) as u32
+}
 
 /// Mirror of `struct MergeParams` in kernels/decode.cu.
 #[repr(C)]
@@ -338,6 +353,10 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.flags = (rows_total <= 16 && !std::env::var("DASHATTN_DEC_NO_PREFETCH").is_ok_and(|v| v == "1")) as i32;
     // The attention loads q rows 16 bytes at a time when they are 16-byte aligned.
     dp.flags |= (aligned(&a.q) as i32) << 1;
+    dp.m_qlen = fast_div_m(d.q_len);
+    dp.m_units = fast_div_m(pl.units);
+    dp.m_group = fast_div_m(d.group);
+    dp.m_ps = fast_div_m(p.page_size);
     if fast_path(dev, cfg, d, a, pl.hpu) {
         // Candidate blocks per score CTA: about 8 CTAs per SM over all (sequence, KV head)
         // pairs, a whole number of the CTA's per-iteration key count.
@@ -471,4 +490,42 @@ pub fn merge_states(dev: &CudaDevice, stream: usize, m: &MergeDims, a: &MergeArg
     };
     let f = kern.function(kname("merge", s))?;
     unsafe { launch(f, (h, l, n), 128, 0, stream as sys::CUstream, &mp, "cuLaunchKernel(dash_merge)") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fast_div_m;
+
+    /// The kernels' fdiv: x / d = umulhi(x, m) >> (ceil(log2 d) - 1), x when m = 0.
+    fn fdiv(x: u32, m: u32, d: u32) -> u32 {
+        if m == 0 {
+            return x;
+        }
+        let s = 31 - (d - 1).leading_zeros();
+        (((x as u64 * m as u64) >> 32) as u32) >> s
+    }
+
+    #[test]
+    fn fast_division_is_exact() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut ds: Vec<u32> = (1..=4100).collect();
+        ds.extend((0..31).flat_map(|k| [(1u32 << k).saturating_sub(1).max(1), 1 << k, (1u32 << k) + 1]));
+        ds.extend((0..2000).map(|_| (rnd() % (i32::MAX as u64)) as u32 + 1));
+        let top = i32::MAX as u32;
+        for &d in &ds {
+            let m = fast_div_m(d as usize);
+            let mut xs = vec![0, 1, d - 1, d, d + 1, top, top - 1, top - d % top, (top / d) * d, (top / d) * d - 1];
+            xs.extend((0..40).map(|_| (rnd() % (top as u64 + 1)) as u32));
+            xs.extend((0..20).map(|_| (rnd() % 4096) as u32 * d.min(1 << 19)));
+            for x in xs.into_iter().filter(|&x| x <= top) {
+                assert_eq!(fdiv(x, m, d), x / d, "x {x} d {d} m {m}");
+            }
+        }
+    }
 }
