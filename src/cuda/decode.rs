@@ -520,7 +520,7 @@ mod tests {
         let top = i32::MAX as u32;
         for &d in &ds {
             let m = fast_div_m(d as usize);
-            let mut xs = vec![0, 1, d - 1, d, d + 1, top, top - 1, top - d % top, (top / d) * d, (top / d) * d - 1];
+            let mut xs = vec![0, 1, d - 1, d, d + 1, top, top - 1, top - d, (top / d) * d, (top / d) * d - 1];
             xs.extend((0..40).map(|_| (rnd() % (top as u64 + 1)) as u32));
             xs.extend((0..20).map(|_| (rnd() % 4096) as u32 * d.min(1 << 19)));
             for x in xs.into_iter().filter(|&x| x <= top) {
