@@ -1577,10 +1577,22 @@ template <typename T> __device__ __forceinline__ void store4(T *od, float4 v) {
     od[3] = from_f<T>(v.w);
 }
 
+// The next item (index nxt, descriptor na / nb when loaded ahead) to flag[1] / snext for
+// dec_attn (thread 0).
+__device__ __forceinline__ void next_item(const DecParams &p, int *flag, int4 *snext, int nxt, int nitems, int4 na, int4 nb, bool loaded) {
+    if (!loaded && nxt < nitems) {
+        na = ((const int4 *)p.items)[2 * nxt];
+        nb = ((const int4 *)p.items)[2 * nxt + 1];
+    }
+    flag[1] = nxt;
+    snext[0] = na;
+    snext[1] = nb;
+}
+
 template <typename T, int D>
 __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, u16 *sQ, int *okm, float *wm, float *wl, float *mw, int *flag,
                                           int ru, int b, int r, int h0, int hk, int hpu, int len, int s, int nsplit, int m0, int m1, int nsel, int jf, float bf,
-                                          int pg0) {
+                                          int pg0, int *ej, float *eb, int *ep, int nxt, int nitems, int4 *snext) {
     constexpr int TKM = 64, NTO = D / 8;
     float *wo = (float *)sK;  // [4][16][D] after the item's tiles (reuses K/V)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -1597,11 +1609,25 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     const int tend = min(len, t + 1);  // keys [0, tend) may be attended
     T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
     const bool one_page = p.ps % TK == 0;  // (= tiles_in_one_page(p), TK = min(B, 64); this form keeps the measured code)
-    auto tile = [&](int tt, float &beta, int &i0, int &cnt) {
+    // Positions m0 + 1 .. m0 + ne - 1 of the item: block, log-prior and (tiles in one page)
+    // the page of its first tile, read once per item into ej / eb / ep (loaded while the
+    // first tile's copies are in flight), so that later tiles' copies wait on no table
+    // lookup (two dependent round trips a tile before). Positions past ENT look up as before.
+    constexpr int ENT = 64;
+    const int ne = min(m1 - m0, ENT);
+    const bool blk_in_page = p.ps % bs == 0;  // a block's tiles share its first tile's page
+    auto tile = [&](int tt, float &beta, int &i0, int &cnt, int &pgh) {
         int m = tt >> lgnpb, sub = tt & lgnpb, j;  // (npb - 1 = lgnpb: npb is 1 or 2)
-        if (m == m0) {
+        const int q = m - m0;
+        pgh = -2;
+        if (q == 0) {
             j = jf;
             beta = bf;
+            if (sub == 0 || blk_in_page) pgh = pg0;
+        } else if (q < ENT) {
+            j = ej[q];
+            beta = eb[q];
+            if (sub == 0 || blk_in_page) pgh = ep[q];
         } else if (m < nsel) {
             j = p.sel_idx[(i64)ru * p.nbmax + m];
             beta = p.sel_beta[(i64)ru * p.nbmax + m];
@@ -1614,9 +1640,9 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     };
     auto issue = [&](int tt, int stage) {
         float beta;
-        int i0, cnt;
-        tile(tt, beta, i0, cnt);
-        load_kv_tile<T, D, ATT_NT>(p, b, hk, i0, cnt, TK, one_page, tt == tt0 ? pg0 : -2, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM);
+        int i0, cnt, pgh;
+        tile(tt, beta, i0, cnt, pgh);
+        load_kv_tile<T, D, ATT_NT>(p, b, hk, i0, cnt, TK, one_page, pgh, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM);
     };
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
     // sm_80: Q straight to smem, then the first tile (holding Q in registers across the
@@ -1642,6 +1668,24 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
 #if !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900)
             store_q_regs<D>(sQ, qv);  // visible after the next barrier
 #endif
+            if (ne > 1) {  // (block-uniform)
+                if (tid >= 1 && tid < ne) {
+                    const int m = m0 + tid;
+                    int j;
+                    float beta = 0.f;
+                    if (m < nsel) {
+                        j = p.sel_idx[(i64)ru * p.nbmax + m];
+                        beta = p.sel_beta[(i64)ru * p.nbmax + m];
+                    } else {
+                        j = first_local + (m - nsel);
+                    }
+                    ej[tid] = j;
+                    eb[tid] = beta;
+                    // (j * bs < len: in the table; token positions fit 32 bits)
+                    ep[tid] = one_page ? page_at(p, b, fdiv(j * bs, p.m_ps, p.ps)) : -2;
+                }
+                __syncthreads();  // the entries (and sQ) visible
+            }
             DTRACE(tslot, 2);
             continue;
         }
@@ -1653,14 +1697,27 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
         __syncthreads();  // tile tt (and sQ) visible
         if (tt == tt0) DTRACE(tslot, 3);
         float beta;
-        int i0, cnt;
-        tile(tt, beta, i0, cnt);
+        int i0, cnt, pgh;
+        tile(tt, beta, i0, cnt, pgh);
         if (kw < cnt)  // warp-uniform
             attn_tile<T, D>(sQ, sK + stage * TKM * D, sV + stage * TKM * D, okm + stage * TKM, cnt, beta, sl2, kw, lane, oacc, mrow, lrow);
         __syncthreads();
     }
     DTRACE(tslot, 4);
+    // The next item's descriptor (thread 0 took its index at the item's start) loads now and
+    // goes to snext at the end, so that the next item's start waits on no global load
+    // (sm_80: at the item's end, as before; holding it here spilled 20-40 bytes there).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    constexpr bool DASH_NEXT_PF = false;
+#else
+    constexpr bool DASH_NEXT_PF = true;
+#endif
     merge_warp_states<D>(oacc, mrow, lrow, wo, wm, wl, mw, hpu, warp, lane);
+    int4 na = make_int4(0, 0, 0, 0), nb = na;
+    if (DASH_NEXT_PF && tid == 0 && nxt >= 0 && nxt < nitems) {
+        na = ((const int4 *)p.items)[2 * nxt];
+        nb = ((const int4 *)p.items)[2 * nxt + 1];
+    }
     const bool single = nsplit == 1;
     float *opart = p.o_part + (((i64)s * p.n + b) * p.q_len + r) * p.hq * D;
     // (rolled, a float4 a step: at batch 1 this runs once a CTA from a cold instruction
@@ -1687,7 +1744,8 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     if (single) {
         if (p.lse)
             for (int g = tid; g < hpu; g += ATT_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = mw[64 + g];
-        __syncthreads();  // smem reuse by the caller
+        if (tid == 0 && nxt >= 0) next_item(p, flag, snext, nxt, nitems, na, nb, DASH_NEXT_PF);
+        __syncthreads();  // smem reuse by the caller; flag[1], snext visible
         return;
     }
     for (int g = tid; g < hpu; g += ATT_NT) p.lse_part[(((i64)s * p.n + b) * p.hq + h0 + g) * p.q_len + r] = mw[64 + g];
@@ -1752,7 +1810,8 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
         if (tid == 0) p.cnt[ru] = 0;
         DTRACE(tslot, 7);
     }
-    __syncthreads();  // smem reuse by the caller
+    if (tid == 0 && nxt >= 0) next_item(p, flag, snext, nxt, nitems, na, nb, DASH_NEXT_PF);
+    __syncthreads();  // smem reuse by the caller; flag[1], snext visible
 }
 
 // Shared memory of dec_attn (dynamic): K, V [2][64][D] and Q [16][D] (T), ok
@@ -1763,7 +1822,10 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     int *okm = (int *)(sQ + 16 * D);                          /* [2][64] */                        \
     float *wm = (float *)(okm + 2 * 64), *wl = wm + 4 * 16;  /* [4][16] each */                   \
     float *mw = wl + 4 * 16;                                  /* weights [16][64] */               \
-    int *flag = (int *)(mw + 16 * 64);
+    int *flag = (int *)(mw + 16 * 64);                        /* [4] */                            \
+    int4 *snext = (int4 *)(flag + 4);                         /* the next item [2] */              \
+    int *ej = (int *)(snext + 2), *ep = ej + 64;              /* item entries [64] each */         \
+    float *eb = (float *)(ep + 64);
 
 template <typename T, int D>
 __device__ __forceinline__ void dec_attn(const DecParams &p) {
@@ -1785,7 +1847,7 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     int it = blockIdx.x;
     int4 ia = items[2 * it], ib = items[2 * it + 1];
     while (it < nitems) {
-        int nxt = 0;
+        int nxt = -1;  // (thread 0's)
         if (more && threadIdx.x == 0) nxt = (int)gridDim.x + atomicAdd(p.nitems + 1, 1);
         // (row, split | nsplit << 16, per, nsel), (seq_len, first block, its log-prior, -)
         const int ru = ia.x, s = ia.y & 0xffff, nsplit = ia.y >> 16, per = ia.z, nsel = ia.w;
@@ -1795,15 +1857,13 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
         const int c = (len - p.q_len + r) >> lgbs;
         const int total = nsel + (c - max(0, c - p.n_local + 1) + 1);
         attn_item<T, D>(p, sK, sV, sQ, okm, wm, wl, mw, flag, ru, b, r, h0, hk, hpu, len, s, nsplit, s * per, min(total, (s + 1) * per), nsel, ib.y,
-                        __int_as_float(ib.z), ib.w);
+                        __int_as_float(ib.z), ib.w, ej, eb, ep, nxt, nitems, snext);
         if (!more) break;
-        if (threadIdx.x == 0) flag[1] = nxt;  // (flag[1]'s next write comes after attn_item's barriers)
-        __syncthreads();
+        // (written by thread 0 before attn_item's last barrier; the next writes come after
+        // the next item's barriers)
         it = flag[1];
-        if (it < nitems) {
-            ia = items[2 * it];
-            ib = items[2 * it + 1];
-        }
+        ia = snext[0];
+        ib = snext[1];
     }
 }
 

@@ -5,11 +5,12 @@
 # beside SDPA cuDNN / flash, copy bandwidth, SM clock sampled), memcheck of every decode
 # test but the 1M one, racecheck of the table + merge, the NVRTC path on the table.
 #   here:   CUDA_HOME=<nvcc 13.0> scripts/gpu-check-all.sh stage    # -> .dev-lead/
-#   there:  bash scripts/gpu-decode-bench-check.sh                  (device tool, carry .dev-lead;
+#   there:  bash scripts/gpu-decode-bench-check.sh                  (device tool, carry .dev-lead
+#           or the folder named by env D;
 #           only libdashattn.so and gpu_decode are needed: drop the rest to travel light)
 set -u -o pipefail
 cd "$(dirname "$0")/.."
-D=.dev-lead; OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+D=${D:-.dev-lead}; OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 export DASHATTN_CACHE_DIR=/tmp/dashattn-cache
 T0=$(date +%s); el() { echo "[t=$(( $(date +%s) - T0 ))s]"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader

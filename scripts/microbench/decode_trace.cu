@@ -133,7 +133,7 @@ static DecParams params(const Setup &s, const Layer &l) {
     p.m_qlen = fdm(1); p.m_units = fdm(HKV); p.m_group = fdm(G); p.m_ps = fdm(PS);
     return p;
 }
-static size_t attn_smem() { return 2 * 2 * 64 * D * 2 + 16 * D * 2 + 2 * 64 * 4 + 2 * 64 * 4 + 16 * 64 * 4 + 16; }
+static size_t attn_smem() { return 2 * 2 * 64 * D * 2 + 16 * D * 2 + 2 * 64 * 4 + 2 * 64 * 4 + 16 * 64 * 4 + 16 + 32 + 3 * 64 * 4; }
 static void decode(const Setup &s, const Layer &l, cudaStream_t st) {
     DecParams p = params(s, l);
     // (as src/cuda/decode.rs: the variant that loads its keys before staging q when each CTA

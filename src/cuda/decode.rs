@@ -175,8 +175,9 @@ fn wchunk(rows: usize) -> i32 {
 
 /// Shared memory of the v2 attention kernel (kernels/decode.cu `dec_attn`).
 fn attn_smem(d: usize) -> usize {
-    // K, V [2][64][D] + Q [16][D] (16-bit), ok [2][64], m/l [4][16] each, weights [16][64], flag
-    2 * 2 * 64 * d * 2 + 16 * d * 2 + 2 * 64 * 4 + 2 * 64 * 4 + 16 * 64 * 4 + 16
+    // K, V [2][64][D] + Q [16][D] (16-bit), ok [2][64], m/l [4][16] each, weights [16][64],
+    // flag [4], the next item (2 x int4), the item's entries (block, page, log-prior) [3][64]
+    2 * 2 * 64 * d * 2 + 16 * d * 2 + 2 * 64 * 4 + 2 * 64 * 4 + 16 * 64 * 4 + 16 + 32 + 3 * 64 * 4
 }
 
 /// Rows of a 4-d 16-bit tensor are 16-byte aligned (base pointer and outer strides), D
