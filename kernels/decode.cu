@@ -1615,7 +1615,13 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     // lookup (two dependent round trips a tile before). Positions past ENT look up as before.
     constexpr int ENT = 64;
     const int ne = min(m1 - m0, ENT);
-    const bool blk_in_page = p.ps % bs == 0;  // a block's tiles share its first tile's page
+    // A block's tiles share its first tile's page (B 128 with pages of a multiple of 128).
+    // sm_80: the second tile looks its page up as before (this spilled 4 bytes there at D 64).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    const bool blk_in_page = false;
+#else
+    const bool blk_in_page = p.ps % bs == 0;
+#endif
     auto tile = [&](int tt, float &beta, int &i0, int &cnt, int &pgh) {
         int m = tt >> lgnpb, sub = tt & lgnpb, j;  // (npb - 1 = lgnpb: npb is 1 or 2)
         const int q = m - m0;
