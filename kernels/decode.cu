@@ -1577,13 +1577,16 @@ template <typename T> __device__ __forceinline__ void store4(T *od, float4 v) {
     od[3] = from_f<T>(v.w);
 }
 
+// Work item i's descriptor (the two int4 of write_item).
+__device__ __forceinline__ void load_item(const DecParams &p, int i, int4 &a, int4 &b) {
+    a = ((const int4 *)p.items)[2 * i];
+    b = ((const int4 *)p.items)[2 * i + 1];
+}
+
 // The next item (index nxt, descriptor na / nb when loaded ahead) to flag[1] / snext for
 // dec_attn (thread 0).
 __device__ __forceinline__ void next_item(const DecParams &p, int *flag, int4 *snext, int nxt, int nitems, int4 na, int4 nb, bool loaded) {
-    if (!loaded && nxt < nitems) {
-        na = ((const int4 *)p.items)[2 * nxt];
-        nb = ((const int4 *)p.items)[2 * nxt + 1];
-    }
+    if (!loaded && nxt < nitems) load_item(p, nxt, na, nb);
     flag[1] = nxt;
     snext[0] = na;
     snext[1] = nb;
@@ -1622,6 +1625,15 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
 #else
     const bool blk_in_page = p.ps % bs == 0;
 #endif
+    auto listed = [&](int m, int &j, float &beta) {  // list position m: a selected or a local block
+        if (m < nsel) {
+            j = p.sel_idx[(i64)ru * p.nbmax + m];
+            beta = p.sel_beta[(i64)ru * p.nbmax + m];
+        } else {
+            j = first_local + (m - nsel);
+            beta = 0.f;
+        }
+    };
     auto tile = [&](int tt, float &beta, int &i0, int &cnt, int &pgh) {
         int m = tt >> lgnpb, sub = tt & lgnpb, j;  // (npb - 1 = lgnpb: npb is 1 or 2)
         const int q = m - m0;
@@ -1634,12 +1646,8 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
             j = ej[q];
             beta = eb[q];
             if (sub == 0 || blk_in_page) pgh = ep[q];
-        } else if (m < nsel) {
-            j = p.sel_idx[(i64)ru * p.nbmax + m];
-            beta = p.sel_beta[(i64)ru * p.nbmax + m];
         } else {
-            j = first_local + (m - nsel);
-            beta = 0.f;
+            listed(m, j, beta);
         }
         i0 = j * bs + sub * TK;
         cnt = max(0, min(TK, tend - i0));
@@ -1676,15 +1684,9 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
 #endif
             if (ne > 1) {  // (block-uniform)
                 if (tid >= 1 && tid < ne) {
-                    const int m = m0 + tid;
                     int j;
-                    float beta = 0.f;
-                    if (m < nsel) {
-                        j = p.sel_idx[(i64)ru * p.nbmax + m];
-                        beta = p.sel_beta[(i64)ru * p.nbmax + m];
-                    } else {
-                        j = first_local + (m - nsel);
-                    }
+                    float beta;
+                    listed(m0 + tid, j, beta);
                     ej[tid] = j;
                     eb[tid] = beta;
                     // (j * bs < len: in the table; token positions fit 32 bits)
@@ -1720,10 +1722,7 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
 #endif
     merge_warp_states<D>(oacc, mrow, lrow, wo, wm, wl, mw, hpu, warp, lane);
     int4 na = make_int4(0, 0, 0, 0), nb = na;
-    if (DASH_NEXT_PF && tid == 0 && nxt >= 0 && nxt < nitems) {
-        na = ((const int4 *)p.items)[2 * nxt];
-        nb = ((const int4 *)p.items)[2 * nxt + 1];
-    }
+    if (DASH_NEXT_PF && tid == 0 && nxt >= 0 && nxt < nitems) load_item(p, nxt, na, nb);
     const bool single = nsplit == 1;
     float *opart = p.o_part + (((i64)s * p.n + b) * p.q_len + r) * p.hq * D;
     // (rolled, a float4 a step: at batch 1 this runs once a CTA from a cold instruction
