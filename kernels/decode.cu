@@ -70,6 +70,8 @@ struct CacheStrides {
     i64 page, slot, head;  // element strides of [num_pages, page_size|slots, Hkv, D]
 };
 
+// Most merger CTAs a step (the merger list's capacity; see dec_attn).
+#define DEC_MAXM 256
 struct DecParams {
     const void *q;
     i64 sq_n, sq_l, sq_h;
@@ -100,11 +102,13 @@ struct DecParams {
     i64 sl_n, sl_h, sl_l;
     int *cnt;  // ws [rows_total]: v2 per-row count of finished splits (the attention's merge)
     int *items;   // ws [rows_total * splits] 2 x int4: v2 attention work list (see write_item)
-    int *nitems;  // ws [2]: its length (appended by select) and the attention's next-item
-                  // counter, both zeroed by the score kernel
+    int *nitems;  // ws [4 + 4 * DEC_MAXM]: the list's length (appended by select), the
+                  // attention's next-item counter and the merger list's length (all three
+                  // zeroed by the score kernel), then from nitems + 4 the merger list (int4s)
     int wchunk;   // v2: blocks per work item (at least; rows with > splits * wchunk blocks use more)
     int flags;    // v2: bit 0: select prefetches the K/V rows of the row's local blocks into L2;
-                  // bit 1: q rows are 16-byte aligned (vector loads)
+                  // bit 1: q rows are 16-byte aligned (vector loads); bit 2: merger CTAs may
+                  // merge the splits (see dec_attn)
     // v2 attention: multipliers for x / d by fdiv (fast_div_m of q_len, units, group, ps)
     u32 m_qlen, m_units, m_group, m_ps;
 };
@@ -542,7 +546,7 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
     DTRACE(tslot, 0);
     pdl_trigger();
     const int chunk = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
-    if ((chunk | hk | b) == 0 && threadIdx.x < 2) p.nitems[threadIdx.x] = 0;  // (the select kernels append to the list)
+    if ((chunk | hk | b) == 0 && threadIdx.x < 3) p.nitems[threadIdx.x] = 0;  // (the select kernels append to the lists)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, kg = lane / LPK, kl = lane % LPK;
     const int j0 = chunk * p.cb, jw = j0 + warp * KPW * U;
     // Block j's pooled key lives in the page of its first token: table entry (j / bpp) * ppb,
@@ -671,7 +675,7 @@ __device__ __forceinline__ void dec_score_ring(const DecParams &p) {
     const int tslot = blockIdx.x & 4095;
     DTRACE(tslot, 0);
     pdl_trigger();
-    if (blockIdx.x == 0 && threadIdx.x < 2) p.nitems[threadIdx.x] = 0;  // (the select kernels append to the list)
+    if (blockIdx.x == 0 && threadIdx.x < 3) p.nitems[threadIdx.x] = 0;  // (the select kernels append to the lists)
     const int cpp = (p.nbmax + KPC - 1) / KPC;  // chunks per (sequence, KV head)
     const i64 nch = (i64)p.n * p.hkv * cpp, nwg = (i64)gridDim.x * NW, wg = (i64)blockIdx.x * NW + warp;
     const int c0 = (int)(wg * nch / nwg), c1 = (int)((wg + 1) * nch / nwg);
@@ -1203,15 +1207,17 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     // multiple of per) also goes into the item (firsts[item]). Once the list length is known
     // (begin) thread 0 reserves the row's items (its atomic overlaps the list writes).
     __shared__ int2 firsts[64];
-    __shared__ int ibase;
+    __shared__ int ibase, mbase;
     const int nloc = t >= 0 ? (int)(t / p.bs - max((i64)0, t / p.bs - p.n_local + 1) + 1) : 0;
-    int total, per = 1, nit = 0, ib = 0, fi = 0, nf = 0;
+    const int hpu = p.per_head ? 1 : p.group;
+    int total, per = 1, nit = 0, ib = 0, mb = DEC_MAXM, fi = 0, nf = 0;
     float tau;
     select_row<SEL_NT, SEL_C>(p.z + ru * p.nbmax, ncand, alpha, sm, [&](int tot, int pos0) {
         const int nblk = tot + nloc;
         per = max(p.wchunk, (nblk + p.splits - 1) / p.splits);
         nit = (nblk + per - 1) / per;
         if (tid == 0 && nit > 0) ib = atomicAdd(p.nitems, nit);
+        if (tid == 0 && nit > 1) mb = atomicAdd(p.nitems + 2, hpu);  // (both atomics in flight at once)
         fi = (pos0 + per - 1) / per;  // this thread's next item start: fi * per
         nf = fi * per;
     }, [&](int pos, int j, float beta) {
@@ -1227,10 +1233,10 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
         p.sel_n[ru] = total;
         p.tau[ru] = tau;
         ibase = ib;
+        mbase = mb;
     }
     if (nit == 0) {  // nothing attended: o = 0, lse = -inf
         T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
-        const int hpu = p.per_head ? 1 : p.group;
         for (int e = tid; e < hpu * p.d; e += SEL_NT) ob[(h0 + e / p.d) * p.so_h + e % p.d] = from_f<T>(0.f);
         if (p.lse)
             for (int g = tid; g < hpu; g += SEL_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = -DA_INF;
@@ -1250,6 +1256,9 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
         if (one_page) pg0 = page_at(p, b, f.x * p.bs / p.ps);  // (token positions fit 32 bits)
     }
     if (tid < nit) write_item(p, ibase + tid, ru, tid, nit, per, total, len, f.x, __int_as_float(f.y), pg0);
+    // A row of several items: its merger descriptors, one a head of the unit (row, head |
+    // nsplit << 16); past the list's capacity the attention merges as without mergers.
+    if (nit > 1 && tid < hpu && mbase + tid < DEC_MAXM) ((int4 *)(p.nitems + 4))[mbase + tid] = make_int4((int)ru, tid | (nit << 16), 0, 0);
     DTRACE(tslot, 3);
 }
 
@@ -1595,7 +1604,7 @@ __device__ __forceinline__ void next_item(const DecParams &p, int *flag, int4 *s
 template <typename T, int D>
 __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, u16 *sQ, int *okm, float *wm, float *wl, float *mw, int *flag,
                                           int ru, int b, int r, int h0, int hk, int hpu, int len, int s, int nsplit, int m0, int m1, int nsel, int jf, float bf,
-                                          int pg0, int *ej, float *eb, int *ep, int nxt, int nitems, int4 *snext) {
+                                          int pg0, int *ej, float *eb, int *ep, int nxt, int nitems, int4 *snext, bool mm) {
     constexpr int TKM = 64, NTO = D / 8;
     float *wo = (float *)sK;  // [4][16][D] after the item's tiles (reuses K/V)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -1757,6 +1766,10 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     __threadfence();
     __syncthreads();
     DTRACE(tslot, 5);
+    if (mm) {  // merger CTAs merge this row (dec_attn): count the split and leave (no next item)
+        if (tid == 0) atomicAdd(p.cnt + ru, 1);
+        return;
+    }
     if (tid == 0) flag[0] = atomicAdd(p.cnt + ru, 1) == nsplit - 1;
     __syncthreads();
     DTRACE(tslot, 6);
@@ -1832,6 +1845,59 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     int *ej = (int *)(snext + 2), *ep = ej + 64;              /* item entries [64] each */         \
     float *eb = (float *)(ep + 64);
 
+__device__ __forceinline__ int ld_acquire(const int *ptr) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(ptr) : "memory");
+    return v;
+}
+
+// A merger CTA (dec_attn with mergers): head h0 + g of row ru, whose nsplit partials it
+// merges once the splits' count reaches nsplit (thread 0 polls it at the L2). Then one round
+// of independent L2 loads: element x of the partials goes to the 128 / D threads x + D i,
+// which take every (128 / D)-th split (<= 64 / (128 / D) values in registers); every warp
+// loads the splits' lse (two lanes a split). The sums run in split order (D 64: the odd
+// splits' sum added to the even ones'), so the result does not depend on timing.
+template <typename T, int D>
+__device__ __forceinline__ void merge_head(const DecParams &p, int4 m, float *red) {
+    constexpr int NH = ATT_NT / D, KM = 64 / NH;  // thread groups a head, splits a thread
+    const int tid = threadIdx.x, lane = tid & 31, x = tid % D, hh = tid / D;
+    const int ru = m.x, g = m.y & 0xffff, ns = m.y >> 16;
+    const int units = p.per_head ? p.hq : p.hkv;
+    const int rq = fdiv(ru, p.m_qlen, p.q_len), r = ru - rq * p.q_len, b = fdiv(rq, p.m_units, units), u = rq - b * units;
+    const int h = (p.per_head ? u : u * p.group) + g;
+    if (tid == 0)
+        while (ld_acquire(p.cnt + ru) < ns) {
+        }
+    __syncthreads();  // (thread 0's acquire orders every thread's loads below)
+    DTRACE(6144 + (blockIdx.x & 2047), 6);
+    const i64 lstride = (i64)p.n * p.hq * p.q_len, sstride = (i64)p.n * p.q_len * p.hq * D;
+    const float *lp = p.lse_part + ((i64)b * p.hq + h) * p.q_len + r;
+    const float l0 = lane < ns ? ldcg(lp + lane * lstride) : -DA_INF, l1 = lane + 32 < ns ? ldcg(lp + (lane + 32) * lstride) : -DA_INF;
+    const float *op = p.o_part + (((i64)b * p.q_len + r) * p.hq + h) * D + x + hh * sstride;
+    float v[KM];
+#pragma unroll
+    for (int i = 0; i < KM; ++i) v[i] = hh + NH * i < ns ? ldcg(op + (i64)(NH * i) * sstride) : 0.f;
+    const float mx = warp_max(fmaxf(l0, l1));
+    const float sum = mx > -DA_INF ? warp_sum(__expf(l0 - mx) + __expf(l1 - mx)) : 0.f;
+    const float lse = mx > -DA_INF ? mx + logf(sum) : -DA_INF;
+    const float w0 = lse > -DA_INF ? __expf(l0 - lse) : 0.f, w1 = lse > -DA_INF ? __expf(l1 - lse) : 0.f;
+    float acc = 0.f;
+#pragma unroll
+    for (int i = 0; i < KM; ++i) {
+        const int k = hh + NH * i;  // (hh is warp-uniform)
+        const float w = __shfl_sync(0xffffffffu, k < 32 ? w0 : w1, k & 31);
+        if (k < ns) acc = fmaf(w, v[i], acc);
+    }
+    if (NH > 1) {
+        if (hh == 1) red[x] = acc;
+        __syncthreads();
+        if (hh == 0) acc += red[x];
+    }
+    if (hh == 0) ((T *)p.o)[b * p.so_n + r * p.so_l + h * p.so_h + x] = from_f<T>(acc);
+    if (tid == 0 && p.lse) p.lse[b * p.sl_n + h * p.sl_h + r * p.sl_l] = lse;
+    DTRACE(6144 + (blockIdx.x & 2047), 7);
+}
+
 template <typename T, int D>
 __device__ __forceinline__ void dec_attn(const DecParams &p) {
     DEC_SMEM_LAYOUT(D)
@@ -1846,11 +1912,25 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     // Taking them in turns (item i to CTA i mod grid) left the CTAs' last items ending
     // 75..188 us into a batch-8 step at 87% (rows of 179..324 blocks).
     const int4 *items = (const int4 *)p.items;
-    const int nitems = *p.nitems;
+    //
+    // Mergers (flags bit 2; when the items and the merger list fit the grid together, so
+    // every CTA has at most one of them): a row of several splits is merged by merger CTAs
+    // (one a head, listed by the select), which take the CTAs past the items. Each split
+    // writes its partial and counts itself without waiting for the count; the merger polls
+    // the count and loads all partials at once. Otherwise the last split to finish merges
+    // (a fence, the count's round trip and rounds of 16 partials after the row's last tile).
+    // A merger waits only on CTAs of lower index (its row's items), which the GPU schedules
+    // no later than it (the assumption of decoupled look-back scans).
+    const int nitems = p.nitems[0], nmerge = p.nitems[2];
     const int lgbs = 31 - __clz(p.bs);
     const bool more = nitems > (int)gridDim.x;
+    const bool mm = (p.flags & 4) && nmerge <= DEC_MAXM && nitems + nmerge <= (int)gridDim.x;
     int it = blockIdx.x;
     int4 ia = items[2 * it], ib = items[2 * it + 1];
+    if (it >= nitems) {
+        if (mm && it - nitems < nmerge) merge_head<T, D>(p, ((const int4 *)(p.nitems + 4))[it - nitems], mw);
+        return;
+    }
     while (it < nitems) {
         int nxt = -1;  // (thread 0's)
         if (more && threadIdx.x == 0) nxt = (int)gridDim.x + atomicAdd(p.nitems + 1, 1);
@@ -1862,7 +1942,7 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
         const int c = (len - p.q_len + r) >> lgbs;
         const int total = nsel + (c - max(0, c - p.n_local + 1) + 1);
         attn_item<T, D>(p, sK, sV, sQ, okm, wm, wl, mw, flag, ru, b, r, h0, hk, hpu, len, s, nsplit, s * per, min(total, (s + 1) * per), nsel, ib.y,
-                        __int_as_float(ib.z), ib.w, ej, eb, ep, nxt, nitems, snext);
+                        __int_as_float(ib.z), ib.w, ej, eb, ep, nxt, nitems, snext, mm);
         if (!more) break;
         // (written by thread 0 before attn_item's last barrier; the next writes come after
         // the next item's barriers)

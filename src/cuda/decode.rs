@@ -173,6 +173,9 @@ fn wchunk(rows: usize) -> i32 {
     }
 }
 
+/// Capacity of the merger list (kernels/decode.cu `DEC_MAXM`).
+const DEC_MAXM: usize = 256;
+
 /// Shared memory of the v2 attention kernel (kernels/decode.cu `dec_attn`).
 fn attn_smem(d: usize) -> usize {
     // K, V [2][64][D] + Q [16][D] (16-bit), ok [2][64], m/l [4][16] each, weights [16][64],
@@ -250,8 +253,10 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
         b(&[splits, p.n, d.q_len, d.hq, p.d, 4])?,
         b(&[splits, p.n, d.hq, d.q_len, 4])?,
         b(&[rows, 4])?,
-        b(&[rows, splits, 32])?,
-        8,
+        // (the attention grid, up to 64 CTAs more than rows x splits, reads a slot a CTA)
+        b(&[rows * splits + 64, 32])?,
+        // the list counters [4] and the merger list [DEC_MAXM] int4 (kernels/decode.cu)
+        16 + 16 * DEC_MAXM,
     ])?;
     Ok(Plan { units, hpu, nbmax, splits, layout })
 }
@@ -354,6 +359,10 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.flags = (rows_total <= 16 && !std::env::var("DASHATTN_DEC_NO_PREFETCH").is_ok_and(|v| v == "1")) as i32;
     // The attention loads q rows 16 bytes at a time when they are 16-byte aligned.
     dp.flags |= (aligned(&a.q) as i32) << 1;
+    // Merger CTAs merge the splits of rows with several work items when the items and the
+    // mergers fit the attention grid together (kernels/decode.cu `dec_attn`);
+    // DASHATTN_DEC_MERGERS=0 keeps the last split's merge (A/B measurements, tests).
+    dp.flags |= (!std::env::var("DASHATTN_DEC_MERGERS").is_ok_and(|v| v == "0") as i32) << 2;
     dp.m_qlen = fast_div_m(d.q_len);
     dp.m_units = fast_div_m(pl.units);
     dp.m_group = fast_div_m(d.group);
@@ -389,8 +398,11 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
         // Splits per row for the work items: with few rows, as many as the attention grid
         // (3 CTAs per SM) holds at one item per CTA (a CTA takes items one after another,
         // without prefetching across them); otherwise at least 16 for balance.
-        let grid = (3 * sms).min(p.n * pl.units * d.q_len * pl.splits).max(1);
-        dp.splits = (3 * sms / rows_total.max(1)).clamp(16, pl.splits.max(16)).min(pl.splits) as i32;
+        // With at most 64 merger CTAs (rows x heads a unit), the splits leave room for them
+        // in the grid (batch 1 here: 8 rows, 45 splits and 32 mergers in 396 CTAs).
+        let mergers = if rows_total * pl.hpu <= 64 { rows_total * pl.hpu } else { 0 };
+        let grid = (3 * sms).min(p.n * pl.units * d.q_len * pl.splits + mergers).max(1);
+        dp.splits = ((3 * sms).saturating_sub(mergers) / rows_total.max(1)).clamp(16, pl.splits.max(16)).min(pl.splits) as i32;
         // One row per KV head and several passes a CTA (many sequences): the streamed score
         // kernel instead, one wave of CTAs over all (sequence, KV head, chunk of 2 KB of
         // pooled keys). Not past 2048 candidate blocks a row: there the select (which re-reads
