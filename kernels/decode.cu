@@ -70,8 +70,6 @@ struct CacheStrides {
     i64 page, slot, head;  // element strides of [num_pages, page_size|slots, Hkv, D]
 };
 
-// Most merger CTAs a step (the merger list's capacity; see dec_attn).
-#define DEC_MAXM 256
 struct DecParams {
     const void *q;
     i64 sq_n, sq_l, sq_h;
@@ -102,13 +100,12 @@ struct DecParams {
     i64 sl_n, sl_h, sl_l;
     int *cnt;  // ws [rows_total]: v2 per-row count of finished splits (the attention's merge)
     int *items;   // ws [rows_total * splits] 2 x int4: v2 attention work list (see write_item)
-    int *nitems;  // ws [4 + 4 * DEC_MAXM]: the list's length (appended by select), the
-                  // attention's next-item counter and the merger list's length (all three
-                  // zeroed by the score kernel), then from nitems + 4 the merger list (int4s)
+    int *nitems;  // ws [2]: its length (appended by select) and the attention's next-item
+                  // counter, both zeroed by the score kernel
     int wchunk;   // v2: blocks per work item (at least; rows with > splits * wchunk blocks use more)
     int flags;    // v2: bit 0: select prefetches the K/V rows of the row's local blocks into L2;
-                  // bit 1: q rows are 16-byte aligned (vector loads); bit 2: merger CTAs may
-                  // merge the splits (see dec_attn)
+                  // bit 1: q rows are 16-byte aligned (vector loads); bit 2: one merger CTA a
+                  // (row, head) merges the splits (see dec_attn)
     // v2 attention: multipliers for x / d by fdiv (fast_div_m of q_len, units, group, ps)
     u32 m_qlen, m_units, m_group, m_ps;
 };
@@ -546,7 +543,7 @@ __device__ __forceinline__ void dec_score(const DecParams &p) {
     DTRACE(tslot, 0);
     pdl_trigger();
     const int chunk = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
-    if ((chunk | hk | b) == 0 && threadIdx.x < 3) p.nitems[threadIdx.x] = 0;  // (the select kernels append to the lists)
+    if ((chunk | hk | b) == 0 && threadIdx.x < 2) p.nitems[threadIdx.x] = 0;  // (the select kernels append to the list)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, kg = lane / LPK, kl = lane % LPK;
     const int j0 = chunk * p.cb, jw = j0 + warp * KPW * U;
     // Block j's pooled key lives in the page of its first token: table entry (j / bpp) * ppb,
@@ -675,7 +672,7 @@ __device__ __forceinline__ void dec_score_ring(const DecParams &p) {
     const int tslot = blockIdx.x & 4095;
     DTRACE(tslot, 0);
     pdl_trigger();
-    if (blockIdx.x == 0 && threadIdx.x < 3) p.nitems[threadIdx.x] = 0;  // (the select kernels append to the lists)
+    if (blockIdx.x == 0 && threadIdx.x < 2) p.nitems[threadIdx.x] = 0;  // (the select kernels append to the list)
     const int cpp = (p.nbmax + KPC - 1) / KPC;  // chunks per (sequence, KV head)
     const i64 nch = (i64)p.n * p.hkv * cpp, nwg = (i64)gridDim.x * NW, wg = (i64)blockIdx.x * NW + warp;
     const int c0 = (int)(wg * nch / nwg), c1 = (int)((wg + 1) * nch / nwg);
@@ -1207,17 +1204,15 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     // multiple of per) also goes into the item (firsts[item]). Once the list length is known
     // (begin) thread 0 reserves the row's items (its atomic overlaps the list writes).
     __shared__ int2 firsts[64];
-    __shared__ int ibase, mbase;
+    __shared__ int ibase;
     const int nloc = t >= 0 ? (int)(t / p.bs - max((i64)0, t / p.bs - p.n_local + 1) + 1) : 0;
-    const int hpu = p.per_head ? 1 : p.group;
-    int total, per = 1, nit = 0, ib = 0, mb = DEC_MAXM, fi = 0, nf = 0;
+    int total, per = 1, nit = 0, ib = 0, fi = 0, nf = 0;
     float tau;
     select_row<SEL_NT, SEL_C>(p.z + ru * p.nbmax, ncand, alpha, sm, [&](int tot, int pos0) {
         const int nblk = tot + nloc;
         per = max(p.wchunk, (nblk + p.splits - 1) / p.splits);
         nit = (nblk + per - 1) / per;
         if (tid == 0 && nit > 0) ib = atomicAdd(p.nitems, nit);
-        if (tid == 0 && nit > 1) mb = atomicAdd(p.nitems + 2, hpu);  // (both atomics in flight at once)
         fi = (pos0 + per - 1) / per;  // this thread's next item start: fi * per
         nf = fi * per;
     }, [&](int pos, int j, float beta) {
@@ -1233,10 +1228,10 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
         p.sel_n[ru] = total;
         p.tau[ru] = tau;
         ibase = ib;
-        mbase = mb;
     }
     if (nit == 0) {  // nothing attended: o = 0, lse = -inf
         T *ob = (T *)p.o + b * p.so_n + r * p.so_l;
+        const int hpu = p.per_head ? 1 : p.group;
         for (int e = tid; e < hpu * p.d; e += SEL_NT) ob[(h0 + e / p.d) * p.so_h + e % p.d] = from_f<T>(0.f);
         if (p.lse)
             for (int g = tid; g < hpu; g += SEL_NT) p.lse[b * p.sl_n + (h0 + g) * p.sl_h + r * p.sl_l] = -DA_INF;
@@ -1256,9 +1251,6 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
         if (one_page) pg0 = page_at(p, b, f.x * p.bs / p.ps);  // (token positions fit 32 bits)
     }
     if (tid < nit) write_item(p, ibase + tid, ru, tid, nit, per, total, len, f.x, __int_as_float(f.y), pg0);
-    // A row of several items: its merger descriptors, one a head of the unit (row, head |
-    // nsplit << 16); past the list's capacity the attention merges as without mergers.
-    if (nit > 1 && tid < hpu && mbase + tid < DEC_MAXM) ((int4 *)(p.nitems + 4))[mbase + tid] = make_int4((int)ru, tid | (nit << 16), 0, 0);
     DTRACE(tslot, 3);
 }
 
@@ -1851,49 +1843,53 @@ __device__ __forceinline__ int ld_acquire(const int *ptr) {
     return v;
 }
 
-// A merger CTA (dec_attn with mergers): head h0 + g of row ru, whose nsplit partials it
-// merges once the splits' count reaches nsplit (thread 0 polls it at the L2). Then one round
-// of independent L2 loads: element x of the partials goes to the 128 / D threads x + D i,
-// which take every (128 / D)-th split (<= 64 / (128 / D) values in registers); every warp
-// loads the splits' lse (two lanes a split). The sums run in split order (D 64: the odd
-// splits' sum added to the even ones'), so the result does not depend on timing.
+// Merger CTA m (dec_attn with mergers) merges head m % hpu of row m / hpu: the row's
+// splits (work items) are recomputed from its list length as dec_select cut them; with
+// more than one, thread 0 polls the row's count of finished splits at the L2 until all are
+// in. Then one round of loads: the partials (D floats each, <= 64) go to shared memory by
+// cp.async (no registers held: 64 values a thread in registers spilled), every warp loads
+// the splits' lse (two lanes a split). Thread x < D sums element x in split order (the
+// same values as the last split's merge: o and lse do not depend on which path ran).
 template <typename T, int D>
-__device__ __forceinline__ void merge_head(const DecParams &p, int4 m, float *red) {
-    constexpr int NH = ATT_NT / D, KM = 64 / NH;  // thread groups a head, splits a thread
-    const int tid = threadIdx.x, lane = tid & 31, x = tid % D, hh = tid / D;
-    const int ru = m.x, g = m.y & 0xffff, ns = m.y >> 16;
-    const int units = p.per_head ? p.hq : p.hkv;
+__device__ __forceinline__ void merge_head(const DecParams &p, int m, int hpu, int units, float *buf) {
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int ru = m / hpu, g = m - ru * hpu;
     const int rq = fdiv(ru, p.m_qlen, p.q_len), r = ru - rq * p.q_len, b = fdiv(rq, p.m_units, units), u = rq - b * units;
     const int h = (p.per_head ? u : u * p.group) + g;
+    // (dec_select's cut: nblk = selected + local blocks, per = max(wchunk, ceil(nblk / splits)))
+    const int t = seq_len(p, b) - p.q_len + r;
+    const int nloc = t >= 0 ? t / p.bs - max(0, t / p.bs - p.n_local + 1) + 1 : 0;
+    const int nblk = (t >= 0 ? __ldcg(p.sel_n + ru) : 0) + nloc;
+    const int per = max(p.wchunk, (nblk + p.splits - 1) / p.splits), ns = (nblk + per - 1) / per;
+    if (ns <= 1) return;  // (one item writes o itself; none: the select wrote o)
     if (tid == 0)
         while (ld_acquire(p.cnt + ru) < ns) {
         }
     __syncthreads();  // (thread 0's acquire orders every thread's loads below)
     DTRACE(6144 + (blockIdx.x & 2047), 6);
     const i64 lstride = (i64)p.n * p.hq * p.q_len, sstride = (i64)p.n * p.q_len * p.hq * D;
+    const float *op = p.o_part + (((i64)b * p.q_len + r) * p.hq + h) * D;
+    constexpr int CPR = D / 4;  // 16-byte pieces a partial
+    for (int e = tid; e < ns * CPR; e += ATT_NT) {
+        const int k = e / CPR, c = e % CPR;
+        cp_async16(smem_u32(buf + k * D + c * 4), op + k * sstride + c * 4, 16);
+    }
+    cp_commit();
     const float *lp = p.lse_part + ((i64)b * p.hq + h) * p.q_len + r;
     const float l0 = lane < ns ? ldcg(lp + lane * lstride) : -DA_INF, l1 = lane + 32 < ns ? ldcg(lp + (lane + 32) * lstride) : -DA_INF;
-    const float *op = p.o_part + (((i64)b * p.q_len + r) * p.hq + h) * D + x + hh * sstride;
-    float v[KM];
-#pragma unroll
-    for (int i = 0; i < KM; ++i) v[i] = hh + NH * i < ns ? ldcg(op + (i64)(NH * i) * sstride) : 0.f;
     const float mx = warp_max(fmaxf(l0, l1));
     const float sum = mx > -DA_INF ? warp_sum(__expf(l0 - mx) + __expf(l1 - mx)) : 0.f;
     const float lse = mx > -DA_INF ? mx + logf(sum) : -DA_INF;
     const float w0 = lse > -DA_INF ? __expf(l0 - lse) : 0.f, w1 = lse > -DA_INF ? __expf(l1 - lse) : 0.f;
+    cp_wait_mem<0>();
+    __syncthreads();  // the partials in shared memory
     float acc = 0.f;
-#pragma unroll
-    for (int i = 0; i < KM; ++i) {
-        const int k = hh + NH * i;  // (hh is warp-uniform)
+    const int x = tid < D ? tid : D - 1;
+    for (int k = 0; k < ns; ++k) {  // (warp-uniform trip count)
         const float w = __shfl_sync(0xffffffffu, k < 32 ? w0 : w1, k & 31);
-        if (k < ns) acc = fmaf(w, v[i], acc);
+        acc = fmaf(w, buf[k * D + x], acc);
     }
-    if (NH > 1) {
-        if (hh == 1) red[x] = acc;
-        __syncthreads();
-        if (hh == 0) acc += red[x];
-    }
-    if (hh == 0) ((T *)p.o)[b * p.so_n + r * p.so_l + h * p.so_h + x] = from_f<T>(acc);
+    if (tid < D) ((T *)p.o)[b * p.so_n + r * p.so_l + h * p.so_h + x] = from_f<T>(acc);
     if (tid == 0 && p.lse) p.lse[b * p.sl_n + h * p.sl_h + r * p.sl_l] = lse;
     DTRACE(6144 + (blockIdx.x & 2047), 7);
 }
@@ -1913,22 +1909,23 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     // 75..188 us into a batch-8 step at 87% (rows of 179..324 blocks).
     const int4 *items = (const int4 *)p.items;
     //
-    // Mergers (flags bit 2; when the items and the merger list fit the grid together, so
-    // every CTA has at most one of them): a row of several splits is merged by merger CTAs
-    // (one a head, listed by the select), which take the CTAs past the items. Each split
+    // Mergers (flags bit 2, set by the host with at most 64 (row, head) pairs; used when the
+    // items and the mergers fit the grid together, so every CTA has at most one of them): the
+    // CTAs past the items merge the rows of several splits, one a (row, head). Each split
     // writes its partial and counts itself without waiting for the count; the merger polls
-    // the count and loads all partials at once. Otherwise the last split to finish merges
-    // (a fence, the count's round trip and rounds of 16 partials after the row's last tile).
+    // the count and loads all partials at once. Otherwise the last split to finish merges (a
+    // fence, the count's round trip and rounds of 16 partials after the row's last tile).
     // A merger waits only on CTAs of lower index (its row's items), which the GPU schedules
     // no later than it (the assumption of decoupled look-back scans).
-    const int nitems = p.nitems[0], nmerge = p.nitems[2];
+    const int nitems = *p.nitems;
     const int lgbs = 31 - __clz(p.bs);
     const bool more = nitems > (int)gridDim.x;
-    const bool mm = (p.flags & 4) && nmerge <= DEC_MAXM && nitems + nmerge <= (int)gridDim.x;
+    const int nmerge = (p.flags & 4) ? p.n * units * p.q_len * hpu : 0;
+    const bool mm = nmerge > 0 && nitems + nmerge <= (int)gridDim.x;
     int it = blockIdx.x;
     int4 ia = items[2 * it], ib = items[2 * it + 1];
     if (it >= nitems) {
-        if (mm && it - nitems < nmerge) merge_head<T, D>(p, ((const int4 *)(p.nitems + 4))[it - nitems], mw);
+        if (mm && it - nitems < nmerge) merge_head<T, D>(p, it - nitems, hpu, units, (float *)sK);
         return;
     }
     while (it < nitems) {

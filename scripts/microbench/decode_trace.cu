@@ -122,7 +122,7 @@ static DecParams params(const Setup &s, const Layer &l) {
     p.num_pages = s.pages; p.max_pages = s.L / PS; p.nbmax = s.nbmax; p.n_local = 1; p.per_head = 0; p.group = G;
     p.splits = s.splits; p.alpha = 1.5f; p.sigma = p.sigma_c = 1.f / sqrtf((float)D); p.cb = s.cb;
     p.wchunk = s.rows <= 16 ? 1 : s.rows < 256 ? 2 : 3;  // (src/cuda/decode.rs wchunk)
-    p.flags = (s.rows <= 16 && !getenv("NOPF") ? 1 : 0) | 2 | (getenv("NOMERGER") ? 0 : 4);
+    p.flags = (s.rows <= 16 && !getenv("NOPF") ? 1 : 0) | 2 | (s.rows * G <= 64 && !getenv("NOMERGER") ? 4 : 0);
     if (getenv("WCHUNK")) p.wchunk = atoi(getenv("WCHUNK"));
     // (src/cuda/decode.rs fast_div_m: the attention's fdiv multipliers; units = HKV per group)
     auto fdm = [](unsigned d) -> unsigned {
@@ -190,7 +190,7 @@ int main(int argc, char **argv) {
         s.ring_grid = (int)std::max(1ll, std::min((long long)ring_occ * g_sms, (nch + 7) / 8));
     }
     size_t sz[10] = {(size_t)s.rows * s.nbmax * 4, (size_t)s.rows * 4, (size_t)s.rows * 4, (size_t)s.rows * s.nbmax * 4, (size_t)s.rows * s.nbmax * 4,
-                     (size_t)s.splits_plan * n * HQ * D * 4, (size_t)s.splits_plan * n * HQ * 4, (size_t)s.rows * 4, ((size_t)s.rows * s.splits_plan + 64) * 32, 16 + 16 * DEC_MAXM};
+                     (size_t)s.splits_plan * n * HQ * D * 4, (size_t)s.splits_plan * n * HQ * 4, (size_t)s.rows * 4, ((size_t)s.rows * s.splits_plan + 64) * 32, 8};
     size_t total = 0;
     for (int i = 0; i < 10; ++i) { s.off[i] = total; total += (sz[i] + 255) / 256 * 256; }
     CK(cudaMalloc(&s.ws, total));

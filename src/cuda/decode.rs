@@ -173,9 +173,6 @@ fn wchunk(rows: usize) -> i32 {
     }
 }
 
-/// Capacity of the merger list (kernels/decode.cu `DEC_MAXM`).
-const DEC_MAXM: usize = 256;
-
 /// Shared memory of the v2 attention kernel (kernels/decode.cu `dec_attn`).
 fn attn_smem(d: usize) -> usize {
     // K, V [2][64][D] + Q [16][D] (16-bit), ok [2][64], m/l [4][16] each, weights [16][64],
@@ -255,8 +252,7 @@ fn plan(dev: &CudaDevice, cfg: &Config, d: &DecodeDims) -> Result<Plan> {
         b(&[rows, 4])?,
         // (the attention grid, up to 64 CTAs more than rows x splits, reads a slot a CTA)
         b(&[rows * splits + 64, 32])?,
-        // the list counters [4] and the merger list [DEC_MAXM] int4 (kernels/decode.cu)
-        16 + 16 * DEC_MAXM,
+        8,
     ])?;
     Ok(Plan { units, hpu, nbmax, splits, layout })
 }
@@ -359,10 +355,7 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.flags = (rows_total <= 16 && !std::env::var("DASHATTN_DEC_NO_PREFETCH").is_ok_and(|v| v == "1")) as i32;
     // The attention loads q rows 16 bytes at a time when they are 16-byte aligned.
     dp.flags |= (aligned(&a.q) as i32) << 1;
-    // Merger CTAs merge the splits of rows with several work items when the items and the
-    // mergers fit the attention grid together (kernels/decode.cu `dec_attn`);
-    // DASHATTN_DEC_MERGERS=0 keeps the last split's merge (A/B measurements, tests).
-    dp.flags |= (!std::env::var("DASHATTN_DEC_MERGERS").is_ok_and(|v| v == "0") as i32) << 2;
+
     dp.m_qlen = fast_div_m(d.q_len);
     dp.m_units = fast_div_m(pl.units);
     dp.m_group = fast_div_m(d.group);
@@ -398,9 +391,12 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
         // Splits per row for the work items: with few rows, as many as the attention grid
         // (3 CTAs per SM) holds at one item per CTA (a CTA takes items one after another,
         // without prefetching across them); otherwise at least 16 for balance.
-        // With at most 64 merger CTAs (rows x heads a unit), the splits leave room for them
-        // in the grid (batch 1 here: 8 rows, 45 splits and 32 mergers in 396 CTAs).
-        let mergers = if rows_total * pl.hpu <= 64 { rows_total * pl.hpu } else { 0 };
+        // With at most 64 (row, head) pairs, one merger CTA each merges the splits of its row
+        // (flags bit 2; kernels/decode.cu `dec_attn`), and the splits leave room for them in
+        // the grid (batch 1 here: 8 rows, 45 splits and 32 mergers in 396 CTAs).
+        // DASHATTN_DEC_MERGERS=0 keeps the last split's merge (A/B measurements, tests).
+        let mergers = if rows_total * pl.hpu <= 64 && !std::env::var("DASHATTN_DEC_MERGERS").is_ok_and(|v| v == "0") { rows_total * pl.hpu } else { 0 };
+        dp.flags |= ((mergers > 0) as i32) << 2;
         let grid = (3 * sms).min(p.n * pl.units * d.q_len * pl.splits + mergers).max(1);
         dp.splits = ((3 * sms).saturating_sub(mergers) / rows_total.max(1)).clamp(16, pl.splits.max(16)).min(pl.splits) as i32;
         // One row per KV head and several passes a CTA (many sequences): the streamed score
