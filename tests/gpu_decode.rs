@@ -354,6 +354,31 @@ fn gpu_decode_streamed_scores() {
     }
 }
 
+/// Steps of at most 64 (row, head) pairs, where one merger CTA a pair merges its row's
+/// splits (kernels/decode.cu `merge_head`): batch 1 and 2, GQA 1 / 4 / 8, per-group and
+/// per-head selection, D 64 / 128, bf16 / f16, q_len 1 and 3, ragged lengths (a partial last
+/// block, shorter than the local window), rows of many splits (5000 tokens: ~78 candidate
+/// blocks) and of one; graph replay on the first. (The table above covers both merges: its
+/// 16-48-pair cases take the mergers, the others the last split's merge.)
+#[test]
+fn gpu_decode_mergers() {
+    let Some(gpu) = cuda() else { return };
+    let mut rng = Rng::new(0x3E26);
+    use DType::{BF16, F16};
+    use Selection::{PerGroup, PerHead};
+    let cases = [
+        (32usize, 8usize, 128usize, 64usize, 64usize, PerGroup, 1usize, BF16, vec![5000usize]),
+        (64, 8, 128, 64, 16, PerGroup, 1, F16, vec![4999]),
+        (8, 8, 64, 64, 64, PerHead, 1, BF16, vec![5000, 65]),
+        (8, 2, 64, 32, 128, PerGroup, 3, F16, vec![3001, 3]),
+        (32, 8, 128, 128, 64, PerGroup, 1, BF16, vec![130, 7000]),
+    ];
+    for (i, (hq, hkv, d, bs, ps, sel, q_len, dt, lens)) in cases.into_iter().enumerate() {
+        let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: i == 0, alpha: 1.5, q_off: false };
+        run_case(&gpu, &mut rng, &c);
+    }
+}
+
 #[test]
 fn gpu_merge_states_matches_cpu() {
     let Some(gpu) = cuda() else { return };

@@ -84,7 +84,9 @@ extern "C" __global__ void __launch_bounds__(256, 3) score_np(DecParams p) { dec
 // (score_ring: the streamed variant, taken where score_np would be when RING=1)
 extern "C" __global__ void __launch_bounds__(256) score_ring(DecParams p) { dec_score_ring<bf16_t, 128, RING_S>(p); }
 extern "C" __global__ void __launch_bounds__(SEL_NT) select_k(DecParams p) { dec_select<bf16_t>(p); }
-extern "C" __global__ void __launch_bounds__(ATT_NT, 3) attn_k(DecParams p) { dec_attn<bf16_t, 128>(p); }
+extern "C" __global__ void __launch_bounds__(ATT_NT, 3) attn_k(DecParams p) { dec_attn<bf16_t, 128, false>(p); }
+// (attn_m: the kernel with merger CTAs, taken as src/cuda/decode.rs does: flags bit 2)
+extern "C" __global__ void __launch_bounds__(ATT_NT, 3) attn_m(DecParams p) { dec_attn<bf16_t, 128, true>(p); }
 
 static int g_sms;
 static void launch_pdl(void (*f)(DecParams), dim3 grid, int block, size_t smem, cudaStream_t st, const DecParams &p) {
@@ -147,11 +149,11 @@ static void decode(const Setup &s, const Layer &l, cudaStream_t st) {
     static const bool nopdl = getenv("NOPDL") != nullptr;
     if (nopdl) {
         select_k<<<dim3(1, HKV, s.n), SEL_NT, 0, st>>>(p);
-        attn_k<<<dim3(s.grid), 128, attn_smem(), st>>>(p);
+        ((p.flags & 4) ? attn_m : attn_k)<<<dim3(s.grid), 128, attn_smem(), st>>>(p);
         return;
     }
     launch_pdl(select_k, dim3(1, HKV, s.n), SEL_NT, 0, st, p);
-    launch_pdl(attn_k, dim3(s.grid), 128, attn_smem(), st, p);
+    launch_pdl((p.flags & 4) ? attn_m : attn_k, dim3(s.grid), 128, attn_smem(), st, p);
 }
 
 int main(int argc, char **argv) {
@@ -162,12 +164,13 @@ int main(int argc, char **argv) {
     CK(cudaGetDeviceProperties(&prop, 0));
     g_sms = prop.multiProcessorCount;
     CK(cudaFuncSetAttribute(attn_k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attn_smem()));
+    CK(cudaFuncSetAttribute(attn_m, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attn_smem()));
     CK(cudaFuncSetAttribute(score_ring, cudaFuncAttributeMaxDynamicSharedMemorySize, RING_S * 16384));
     int ring_occ = 0;
     CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ring_occ, score_ring, 256, RING_S * 16384));
     if (getenv("CARVE")) {  // the same preferred smem carveout (percent) for every kernel of the step
         const int cv = atoi(getenv("CARVE"));
-        void (*ks[])(DecParams) = {score_k, score_np, score_ring, select_k, attn_k};
+        void (*ks[])(DecParams) = {score_k, score_np, score_ring, select_k, attn_k, attn_m};
         for (auto k : ks) CK(cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, cv));
     }
 

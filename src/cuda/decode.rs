@@ -146,7 +146,11 @@ fn kname(base: &str, s: &str) -> &'static str {
         ("attn64", "bf16") => "dash_dec_attn_d64_bf16",
         ("attn64", _) => "dash_dec_attn_d64_f16",
         ("attn128", "bf16") => "dash_dec_attn_d128_bf16",
-        _ => "dash_dec_attn_d128_f16",
+        ("attn128", _) => "dash_dec_attn_d128_f16",
+        ("attn64m", "bf16") => "dash_dec_attn_d64_m_bf16",
+        ("attn64m", _) => "dash_dec_attn_d64_m_f16",
+        ("attn128m", "bf16") => "dash_dec_attn_d128_m_bf16",
+        _ => "dash_dec_attn_d128_m_f16",
     }
 }
 
@@ -424,8 +428,14 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
             }
             let f = kern.function(kname("select", s))?;
             launch_pdl(f, (d.q_len, pl.units, p.n), 256, 0, stream, &dp, pdl, "cuLaunchKernelEx(dash_dec_select)")?;
+            // (merges the splits itself: no merge launch; the kernel with merger CTAs when
+            // flags bit 2 is set)
+            let at = match (at, mergers > 0) {
+                ("attn64", true) => "attn64m",
+                ("attn128", true) => "attn128m",
+                (at, _) => at,
+            };
             let f = kern.function(kname(at, s))?;
-            // (merges the splits itself: no merge launch)
             launch_pdl(f, (grid, 1, 1), 128, attn_smem(p.d), stream, &dp, pdl, "cuLaunchKernelEx(dash_dec_attn)")
         }
     } else {
