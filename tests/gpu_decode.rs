@@ -359,7 +359,7 @@ fn gpu_decode_streamed_scores() {
 /// per-head selection, D 64 / 128, bf16 / f16, q_len 1 and 3, ragged lengths (a partial last
 /// block, shorter than the local window), rows of many splits (5000 tokens: ~78 candidate
 /// blocks) and of one; graph replay on the first. (The table above covers both merges: its
-/// 16-48-pair cases take the mergers, the others the last split's merge.)
+/// 32- and 48-pair cases take the mergers, the others the last split's merge.)
 #[test]
 fn gpu_decode_mergers() {
     let Some(gpu) = cuda() else { return };

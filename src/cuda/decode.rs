@@ -359,7 +359,6 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
     dp.flags = (rows_total <= 16 && !std::env::var("DASHATTN_DEC_NO_PREFETCH").is_ok_and(|v| v == "1")) as i32;
     // The attention loads q rows 16 bytes at a time when they are 16-byte aligned.
     dp.flags |= (aligned(&a.q) as i32) << 1;
-
     dp.m_qlen = fast_div_m(d.q_len);
     dp.m_units = fast_div_m(pl.units);
     dp.m_group = fast_div_m(d.group);
