@@ -1758,11 +1758,17 @@ __device__ __forceinline__ void attn_item(const DecParams &p, u16 *sK, u16 *sV, 
     __threadfence();
     __syncthreads();
     DTRACE(tslot, 5);
-    if (mm) {  // merger CTAs merge this row (dec_attn): count the split and leave (no next item)
+    // (mm: a merger task merges this row (dec_attn); the split only counts itself)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    if (mm) {  // (sm_80: mergers only without the counter, so no next item)
         if (tid == 0) atomicAdd(p.cnt + ru, 1);
         return;
     }
-    if (tid == 0) flag[0] = atomicAdd(p.cnt + ru, 1) == nsplit - 1;
+#endif
+    if (tid == 0) {
+        const int c = atomicAdd(p.cnt + ru, 1);
+        flag[0] = !mm && c == nsplit - 1;
+    }
     __syncthreads();
     DTRACE(tslot, 6);
     if (flag[0]) {
@@ -1853,8 +1859,10 @@ __device__ __forceinline__ int ld_acquire(const int *ptr) {
 template <typename T, int D>
 __device__ __forceinline__ void merge_head(const DecParams &p, int m, int hpu, int units, float *buf) {
     const int tid = threadIdx.x, lane = tid & 31;
+    // (plain divisions: sharing the item path's fdiv shifts held one more register across the
+    // items and spilled it)
     const int ru = m / hpu, g = m - ru * hpu;
-    const int rq = fdiv(ru, p.m_qlen, p.q_len), r = ru - rq * p.q_len, b = fdiv(rq, p.m_units, units), u = rq - b * units;
+    const int rq = ru / p.q_len, r = ru - rq * p.q_len, b = rq / units, u = rq - b * units;
     const int h = (p.per_head ? u : u * p.group) + g;
     // (dec_select's cut: nblk = selected + local blocks, per = max(wchunk, ceil(nblk / splits)))
     const int t = seq_len(p, b) - p.q_len + r;
@@ -1909,24 +1917,36 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     // 75..188 us into a batch-8 step at 87% (rows of 179..324 blocks).
     const int4 *items = (const int4 *)p.items;
     //
-    // Mergers (flags bit 2, set by the host with at most 64 (row, head) pairs; used when the
-    // items and the mergers fit the grid together, so every CTA has at most one of them): the
-    // CTAs past the items merge the rows of several splits, one a (row, head). Each split
-    // writes its partial and counts itself without waiting for the count; the merger polls
-    // the count and loads all partials at once. Otherwise the last split to finish merges (a
-    // fence, the count's round trip and rounds of 16 partials after the row's last tile).
-    // A merger waits only on CTAs of lower index (its row's items), which the GPU schedules
-    // no later than it (the assumption of decoupled look-back scans).
+    // Mergers (MG and flags bit 2, set by the host for at most 2 x SMs (row, head) pairs): one
+    // merger task a (row, head) merges the rows of several splits. Each split writes its
+    // partial and counts itself without waiting for the count; the merger polls the count
+    // and loads all partials at once. Otherwise the last split to finish merges (a fence, the
+    // count's round trip and rounds of 16 partials after the row's last tile). The merger
+    // tasks are the indices nitems .. nitems + nmerge - 1 after the items: with all of them
+    // within the grid, CTA i takes index i; otherwise indices past the grid come from the
+    // counter, which hands out every item before any merger. So a merger waits only on items
+    // that are already running or that CTAs of lower index hold, which the GPU schedules no
+    // later than it (the assumption of decoupled look-back scans).
     const int nitems = *p.nitems;
     const int lgbs = 31 - __clz(p.bs);
-    const bool more = nitems > (int)gridDim.x;
-    // (MG: the kernel with merger CTAs; without, the code is the last-split merge alone,
+    // (MG: the kernel with merger tasks; without, the code is the last-split merge alone,
     // which measured 1.5-2.3 us faster at batch 8 / 64 and 99.9% than one kernel for both)
-    const int nmerge = MG && (p.flags & 4) ? p.n * units * p.q_len * hpu : 0;
-    const bool mm = nmerge > 0 && nitems + nmerge <= (int)gridDim.x;
+    // (the host launches the MG kernel exactly when flags bit 2 is set.) sm_80: merger CTAs
+    // only when the items and the mergers fit the grid (else the last split merges), and
+    // the host sets bit 2 only up to 64 pairs (the counter's merger tasks spilled 4 bytes
+    // there at D 64).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    constexpr bool CNT = false;
+#else
+    constexpr bool CNT = MG;
+#endif
+    const int nmerge = MG ? p.n * units * p.q_len * hpu : 0;
+    const bool mm = MG && (CNT || nitems + nmerge <= (int)gridDim.x);
+    const int ntask = nitems + (CNT ? nmerge : 0);
+    const bool more = ntask > (int)gridDim.x;
     int it = blockIdx.x;
     int4 ia = items[2 * it], ib = items[2 * it + 1];
-    if (MG && it >= nitems) {
+    if (MG && !CNT && it >= nitems) {
         if (mm && it - nitems < nmerge) merge_head<T, D>(p, it - nitems, hpu, units, (float *)sK);
         return;
     }
@@ -1948,6 +1968,23 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
         it = flag[1];
         ia = snext[0];
         ib = snext[1];
+    }
+    // Then merger tasks (indices past the items), until the counter runs past them. (The
+    // task index is recovered, not held across the items: one more live register there
+    // spilled. A CTA that ran items without the counter has no merger task; with the
+    // counter, its next index is in flag[1].)
+    if (!CNT) return;
+    const int ntask_ = nitems + p.n * units * p.q_len * hpu;  // (= ntask, recomputed)
+    it = blockIdx.x >= nitems ? (int)blockIdx.x : more ? flag[1] : ntask_;
+    while (it < ntask_) {
+        int nxt = -1;
+        if (more && threadIdx.x == 0) nxt = (int)gridDim.x + atomicAdd(p.nitems + 1, 1);
+        merge_head<T, D>(p, it - nitems, hpu, units, (float *)sK);
+        if (!more) break;
+        if (threadIdx.x == 0) flag[1] = nxt;
+        __syncthreads();  // (smem reuse; flag[1] visible)
+        it = flag[1];
+        __syncthreads();  // (flag[1] read before the next task writes it)
     }
 }
 

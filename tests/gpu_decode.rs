@@ -354,12 +354,13 @@ fn gpu_decode_streamed_scores() {
     }
 }
 
-/// Steps of at most 64 (row, head) pairs, where one merger CTA a pair merges its row's
-/// splits (kernels/decode.cu `merge_head`): batch 1 and 2, GQA 1 / 4 / 8, per-group and
+/// Steps of at most 2 x SMs (row, head) pairs, where one merger task a pair merges its row's
+/// splits (kernels/decode.cu `merge_head`): batch 1, 2 and 8, GQA 1 / 2 / 4 / 8, per-group and
 /// per-head selection, D 64 / 128, bf16 / f16, q_len 1 and 3, ragged lengths (a partial last
 /// block, shorter than the local window), rows of many splits (5000 tokens: ~78 candidate
-/// blocks) and of one; graph replay on the first. (The table above covers both merges: its
-/// 32- and 48-pair cases take the mergers, the others the last split's merge.)
+/// blocks) and of one; graph replay on the first and the first batch-8 case. (On sm_90 the
+/// table above takes the mergers in its cases of up to 2 x SMs pairs and the last split's
+/// merge in the others; DASHATTN_DEC_MERGERS=0 runs everything on the last split's merge.)
 #[test]
 fn gpu_decode_mergers() {
     let Some(gpu) = cuda() else { return };
@@ -372,9 +373,13 @@ fn gpu_decode_mergers() {
         (8, 8, 64, 64, 64, PerHead, 1, BF16, vec![5000, 65]),
         (8, 2, 64, 32, 128, PerGroup, 3, F16, vec![3001, 3]),
         (32, 8, 128, 128, 64, PerGroup, 1, BF16, vec![130, 7000]),
+        // batch 8: 256 pairs, more items than CTAs (merger tasks from the counter on sm_90;
+        // on sm_80 the last split's merge)
+        (32, 8, 128, 64, 64, PerGroup, 1, BF16, vec![5000, 4100, 3000, 65, 1, 2500, 4999, 700]),
+        (16, 8, 64, 64, 16, PerGroup, 1, F16, vec![4000, 129, 3900, 3000, 2048, 1, 4097, 3500]),
     ];
     for (i, (hq, hkv, d, bs, ps, sel, q_len, dt, lens)) in cases.into_iter().enumerate() {
-        let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: i == 0, alpha: 1.5, q_off: false };
+        let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: i == 0 || i == 5, alpha: 1.5, q_off: false };
         run_case(&gpu, &mut rng, &c);
     }
 }

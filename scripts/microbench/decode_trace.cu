@@ -124,7 +124,7 @@ static DecParams params(const Setup &s, const Layer &l) {
     p.num_pages = s.pages; p.max_pages = s.L / PS; p.nbmax = s.nbmax; p.n_local = 1; p.per_head = 0; p.group = G;
     p.splits = s.splits; p.alpha = 1.5f; p.sigma = p.sigma_c = 1.f / sqrtf((float)D); p.cb = s.cb;
     p.wchunk = s.rows <= 16 ? 1 : s.rows < 256 ? 2 : 3;  // (src/cuda/decode.rs wchunk)
-    p.flags = (s.rows <= 16 && !getenv("NOPF") ? 1 : 0) | 2 | (s.rows * G <= 64 && !getenv("NOMERGER") ? 4 : 0);
+    p.flags = (s.rows <= 16 && !getenv("NOPF") ? 1 : 0) | 2 | (s.rows * G <= 2 * g_sms && !getenv("NOMERGER") ? 4 : 0);
     if (getenv("WCHUNK")) p.wchunk = atoi(getenv("WCHUNK"));
     // (src/cuda/decode.rs fast_div_m: the attention's fdiv multipliers; units = HKV per group)
     auto fdm = [](unsigned d) -> unsigned {

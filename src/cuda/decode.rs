@@ -394,12 +394,17 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
         // Splits per row for the work items: with few rows, as many as the attention grid
         // (3 CTAs per SM) holds at one item per CTA (a CTA takes items one after another,
         // without prefetching across them); otherwise at least 16 for balance.
-        // With at most 64 (row, head) pairs, one merger CTA each merges the splits of its row
-        // (flags bit 2; kernels/decode.cu `dec_attn`), and the splits leave room for them in
-        // the grid (batch 1 here: 8 rows, 45 splits and 32 mergers in 396 CTAs).
-        // DASHATTN_DEC_MERGERS=0 keeps the last split's merge (A/B measurements, tests).
-        let mergers = if rows_total * pl.hpu <= 64 && !std::env::var("DASHATTN_DEC_MERGERS").is_ok_and(|v| v == "0") { rows_total * pl.hpu } else { 0 };
-        dp.flags |= ((mergers > 0) as i32) << 2;
+        // With at most 2 x SMs (row, head) pairs, one merger task each merges the splits of
+        // its row (flags bit 2; kernels/decode.cu `dec_attn`). With at most 64, the splits
+        // also leave room for them in the grid (batch 1 here: 8 rows, 45 splits and 32
+        // mergers in 396 CTAs, each CTA one task). DASHATTN_DEC_MERGERS=0 keeps the last
+        // split's merge (A/B measurements, tests).
+        let pairs = rows_total * pl.hpu;
+        // (sm_80: up to 64, the mergers' kernel there has no counter-taken merger tasks)
+        let mg_max = if dev.props.cc_major >= 9 { 2 * sms } else { 64 };
+        let mg = pairs <= mg_max && !std::env::var("DASHATTN_DEC_MERGERS").is_ok_and(|v| v == "0");
+        let mergers = if mg && pairs <= 64 { pairs } else { 0 };
+        dp.flags |= (mg as i32) << 2;
         let grid = (3 * sms).min(p.n * pl.units * d.q_len * pl.splits + mergers).max(1);
         dp.splits = ((3 * sms).saturating_sub(mergers) / rows_total.max(1)).clamp(16, pl.splits.max(16)).min(pl.splits) as i32;
         // One row per KV head and several passes a CTA (many sequences): the streamed score
@@ -429,7 +434,7 @@ pub fn decode(dev: &CudaDevice, stream: usize, cfg: &Config, d: &DecodeDims, a: 
             launch_pdl(f, (d.q_len, pl.units, p.n), 256, 0, stream, &dp, pdl, "cuLaunchKernelEx(dash_dec_select)")?;
             // (merges the splits itself: no merge launch; the kernel with merger CTAs when
             // flags bit 2 is set)
-            let at = match (at, mergers > 0) {
+            let at = match (at, mg) {
                 ("attn64", true) => "attn64m",
                 ("attn128", true) => "attn128m",
                 (at, _) => at,
