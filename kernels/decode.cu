@@ -1976,6 +1976,7 @@ __device__ __forceinline__ void dec_attn(const DecParams &p) {
     if (!CNT) return;
     const int ntask_ = nitems + p.n * units * p.q_len * hpu;  // (= ntask, recomputed)
     it = blockIdx.x >= nitems ? (int)blockIdx.x : more ? flag[1] : ntask_;
+    __syncthreads();  // (flag[1] read before a merger task writes it: merge_head may return at once)
     while (it < ntask_) {
         int nxt = -1;
         if (more && threadIdx.x == 0) nxt = (int)gridDim.x + atomicAdd(p.nitems + 1, 1);
