@@ -901,6 +901,13 @@ __device__ __forceinline__ void block_scan(int cnt, int *wc, int &pos, int &tota
 // length; the item's first block jf, its log-prior bf and the page of its first tile pg0, or
 // -2 when tiles may span pages): two int4, (row, split | nsplit << 16, per, nsel) and (len,
 // jf, bf, pg0).
+// A row's nblk blocks (selected + local) in work items of per = max(wchunk, ceil(nblk /
+// splits)) blocks: the number of items (dec_select cuts them, merge_head counts them).
+__device__ __forceinline__ int row_items(const DecParams &p, int nblk, int &per) {
+    per = max(p.wchunk, (nblk + p.splits - 1) / p.splits);
+    return (nblk + per - 1) / per;
+}
+
 __device__ __forceinline__ void write_item(const DecParams &p, int slot, i64 ru, int i, int nit, int per, int nsel, int len, int jf, float bf, int pg0) {
     ((int4 *)p.items)[2 * slot] = make_int4((int)ru, i | (nit << 16), per, nsel);
     ((int4 *)p.items)[2 * slot + 1] = make_int4(len, jf, __float_as_int(bf), pg0);
@@ -1210,8 +1217,7 @@ __device__ __forceinline__ void dec_select(const DecParams &p) {
     float tau;
     select_row<SEL_NT, SEL_C>(p.z + ru * p.nbmax, ncand, alpha, sm, [&](int tot, int pos0) {
         const int nblk = tot + nloc;
-        per = max(p.wchunk, (nblk + p.splits - 1) / p.splits);
-        nit = (nblk + per - 1) / per;
+        nit = row_items(p, nblk, per);
         if (tid == 0 && nit > 0) ib = atomicAdd(p.nitems, nit);
         fi = (pos0 + per - 1) / per;  // this thread's next item start: fi * per
         nf = fi * per;
@@ -1864,11 +1870,11 @@ __device__ __forceinline__ void merge_head(const DecParams &p, int m, int hpu, i
     const int ru = m / hpu, g = m - ru * hpu;
     const int rq = ru / p.q_len, r = ru - rq * p.q_len, b = rq / units, u = rq - b * units;
     const int h = (p.per_head ? u : u * p.group) + g;
-    // (dec_select's cut: nblk = selected + local blocks, per = max(wchunk, ceil(nblk / splits)))
+    // (dec_select's cut of the row's selected + local blocks)
     const int t = seq_len(p, b) - p.q_len + r;
     const int nloc = t >= 0 ? t / p.bs - max(0, t / p.bs - p.n_local + 1) + 1 : 0;
-    const int nblk = (t >= 0 ? __ldcg(p.sel_n + ru) : 0) + nloc;
-    const int per = max(p.wchunk, (nblk + p.splits - 1) / p.splits), ns = (nblk + per - 1) / per;
+    int per;
+    const int ns = row_items(p, (t >= 0 ? __ldcg(p.sel_n + ru) : 0) + nloc, per);
     if (ns <= 1) return;  // (one item writes o itself; none: the select wrote o)
     if (tid == 0)
         while (ld_acquire(p.cnt + ru) < ns) {
