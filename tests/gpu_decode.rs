@@ -138,12 +138,14 @@ struct Case {
     alpha: f32,
     /// q one element past a 16-byte boundary (the attention's scalar q loads)
     q_off: bool,
+    /// q ~ N(0, q_scale^2): 0 makes every score equal (ties), large ones sharp rows
+    q_scale: f64,
 }
 
 fn run_case(gpu: &Context, rng: &mut Rng, cs_: &Case) -> f64 {
     let dev = device(gpu).unwrap();
     let cpu = cpu();
-    let &Case { hq, hkv, d, bs, ps, sel, q_len, dt, ref lens, graph, alpha, q_off } = cs_;
+    let &Case { hq, hkv, d, bs, ps, sel, q_len, dt, ref lens, graph, alpha, q_off, q_scale } = cs_;
     let n = lens.len();
     let c = make_cache_as(rng, n, hkv, d, ps, lens, bs, dt);
     let cfg = Config { block_size: bs, selection: sel, alpha, ..Config::default() };
@@ -188,7 +190,7 @@ fn run_case(gpu: &Context, rng: &mut Rng, cs_: &Case) -> f64 {
     }
     drop(pc64);
     // Decode: CPU reference reads the GPU's pooled cache (identical inputs).
-    let q = bits_as(&rng.normals(n * q_len * hq * d, 1.0), dt);
+    let q = bits_as(&rng.normals(n * q_len * hq * d, q_scale), dt);
     let qsh = [n, q_len, hq, d];
     let mut o_ref = vec![f64::NAN; q.len()];
     let mut lse_ref = vec![f64::NAN; n * hq * q_len];
@@ -292,7 +294,7 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
     ];
     for &(hq, hkv, d, bs, ps, sel, q_len, dt) in &cases {
         let lens = vec![3000usize, 777, 40.max(q_len), q_len];
-        let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: true, alpha: 1.5, q_off: false };
+        let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: true, alpha: 1.5, q_off: false, q_scale: 1.0 };
         worst = worst.max(run_case(&gpu, &mut rng, &c));
     }
     // Other entmax alphas (each threshold solver of the select kernel, on steps of few and
@@ -302,7 +304,7 @@ fn gpu_decode_matches_cpu_reference_and_replays_in_a_graph() {
     for &(alpha, q_off, i) in &alphas {
         let (hq, hkv, d, bs, ps, sel, q_len, dt) = cases[i];
         let lens = vec![3000usize, 777, 40.max(q_len), q_len];
-        let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: false, alpha, q_off };
+        let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: false, alpha, q_off, q_scale: 1.0 };
         worst = worst.max(run_case(&gpu, &mut rng, &c));
     }
     eprintln!("gpu decode: worst rel L2 {worst:.2e}");
@@ -314,7 +316,7 @@ fn gpu_decode_one_million_tokens() {
     let Some(gpu) = cuda() else { return };
     let mut rng = Rng::new(0x1E6);
     for &(q_len, sel) in &[(1usize, Selection::PerGroup), (4, Selection::PerHead)] {
-        let c = Case { hq: 4, hkv: 1, d: 64, bs: 64, ps: 64, sel, q_len, dt: DType::BF16, lens: vec![1 << 20], graph: q_len == 1, alpha: 1.5, q_off: false };
+        let c = Case { hq: 4, hkv: 1, d: 64, bs: 64, ps: 64, sel, q_len, dt: DType::BF16, lens: vec![1 << 20], graph: q_len == 1, alpha: 1.5, q_off: false, q_scale: 1.0 };
         run_case(&gpu, &mut rng, &c);
     }
 }
@@ -326,7 +328,7 @@ fn gpu_decode_batch_512() {
     let Some(gpu) = cuda() else { return };
     let mut rng = Rng::new(512);
     let lens: Vec<usize> = (0..512).map(|i| if i % 37 == 0 { 1 } else { 1 + rng.below(3000) }).collect();
-    let c = Case { hq: 16, hkv: 4, d: 128, bs: 64, ps: 16, sel: Selection::PerGroup, q_len: 1, dt: DType::BF16, lens, graph: true, alpha: 1.5, q_off: false };
+    let c = Case { hq: 16, hkv: 4, d: 128, bs: 64, ps: 16, sel: Selection::PerGroup, q_len: 1, dt: DType::BF16, lens, graph: true, alpha: 1.5, q_off: false, q_scale: 1.0 };
     run_case(&gpu, &mut rng, &c);
 }
 
@@ -349,7 +351,7 @@ fn gpu_decode_streamed_scores() {
     lens.extend((lens.len()..64).map(|i| 1 + (i * 37) % 600));
     let cases = [(64usize, 8usize, 128usize, 64usize, 256usize, BF16), (16, 16, 64, 64, 16, F16), (32, 8, 128, 32, 64, F16), (64, 8, 64, 32, 32, BF16)];
     for (i, &(hq, hkv, d, bs, ps, dt)) in cases.iter().enumerate() {
-        let c = Case { hq, hkv, d, bs, ps, sel: Selection::PerGroup, q_len: 1, dt, lens: lens.clone(), graph: i == 0, alpha: 1.5, q_off: false };
+        let c = Case { hq, hkv, d, bs, ps, sel: Selection::PerGroup, q_len: 1, dt, lens: lens.clone(), graph: i == 0, alpha: 1.5, q_off: false, q_scale: 1.0 };
         run_case(&gpu, &mut rng, &c);
     }
 }
@@ -379,7 +381,23 @@ fn gpu_decode_mergers() {
         (16, 8, 64, 64, 16, PerGroup, 1, F16, vec![4000, 129, 3900, 3000, 2048, 1, 4097, 3500]),
     ];
     for (i, (hq, hkv, d, bs, ps, sel, q_len, dt, lens)) in cases.into_iter().enumerate() {
-        let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: i == 0 || i == 5, alpha: 1.5, q_off: false };
+        let c = Case { hq, hkv, d, bs, ps, sel, q_len, dt, lens, graph: i == 0 || i == 5, alpha: 1.5, q_off: false, q_scale: 1.0 };
+        run_case(&gpu, &mut rng, &c);
+    }
+}
+
+/// The select's threshold for alpha 1.5 and 2 (kernels/decode.cu `select_row`) on rows of
+/// 255, 256 and 257 candidate blocks (then 78 and 1), with scores all equal (q = 0: every
+/// candidate ties, the whole row is selected), flat (q ~ N(0, 1): nearly all candidates
+/// within reach of the max) and sharp (q ~ N(0, 24^2): few).
+#[test]
+fn gpu_decode_select_solvers() {
+    let Some(gpu) = cuda() else { return };
+    let mut rng = Rng::new(0x5E1E);
+    let lens = vec![16384usize, 16448, 16512, 5000, 65];
+    for (i, &(alpha, q_scale)) in [(1.5f32, 0.0f64), (1.5, 1.0), (1.5, 24.0), (2.0, 0.0), (2.0, 1.0), (2.0, 24.0)].iter().enumerate() {
+        let (hq, hkv, dt) = if i % 2 == 0 { (8, 2, DType::BF16) } else { (4, 4, DType::F16) };
+        let c = Case { hq, hkv, d: 64, bs: 64, ps: 64, sel: Selection::PerGroup, q_len: 1, dt, lens: lens.clone(), graph: i == 2, alpha, q_off: false, q_scale };
         run_case(&gpu, &mut rng, &c);
     }
 }
