@@ -21,6 +21,10 @@ and the replay's launch latency is shared) and single (one call per replay).
 Bandwidth counts the bytes our decode must read: pooled keys of every candidate block plus
 K and V of the selected and local blocks (per KV group) and q/o. --kernels adds, per decode
 row, the device time of each dash_* kernel (torch.profiler over 5 eager calls).
+Read-only: per layer, the best time of a Triton kernel that only reads the same number of
+bytes (`layers` distinct buffers in one graph, as ours; the best of a few tilings): what
+any kernel reading those bytes costs on this GPU, launch included. `% of read-only` is that
+time over ours. Omitted (n/a) without Triton.
 """
 import argparse, math, os, sys
 
@@ -258,6 +262,49 @@ def copy_bandwidth():
     return 2 * (1 << 32) / (ms * 1e-3) / 1e9
 
 
+_READ_KERNEL = []
+
+
+def read_only_us(nbytes, nl, reps):
+    """Per-layer microseconds of the fastest read-only kernel (Triton) over `nbytes` bytes,
+    `nl` launches on distinct buffers in one graph (as layered_us); None without Triton."""
+    if not _READ_KERNEL:
+        try:
+            import triton
+            import triton.language as tl
+
+            @triton.jit
+            def read_sum(x_ptr, out_ptr, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+                pid = tl.program_id(0)
+                acc = tl.zeros([BLOCK], dtype=tl.float32)
+                base = pid.to(tl.int64) * BLOCK * ITERS
+                for i in range(ITERS):
+                    offs = base + i * BLOCK + tl.arange(0, BLOCK)
+                    acc += tl.load(x_ptr + offs, mask=offs < n, other=0.0, cache_modifier=".cg").to(tl.float32)
+                tl.store(out_ptr + pid, tl.sum(acc))
+
+            _READ_KERNEL.append(read_sum)
+        except Exception as ex:  # noqa
+            print(f"# read-only reference: no Triton ({str(ex)[:80]})", file=sys.stderr)
+            _READ_KERNEL.append(None)
+    kern = _READ_KERNEL[0]
+    if kern is None:
+        return None
+    ne = (int(nbytes) + 1) // 2
+    stride = (ne + 4095) // 4096 * 4096
+    x = torch.ones(nl * stride, dtype=torch.bfloat16, device=dev)
+    best = None
+    for BLOCK, ITERS, warps in ((512, 1, 2), (1024, 1, 4), (2048, 1, 4), (1024, 4, 4), (2048, 4, 8), (4096, 2, 8), (2048, 8, 8)):
+        grid = (ne + BLOCK * ITERS - 1) // (BLOCK * ITERS)
+        out = torch.empty(grid, device=dev)
+        fns = [(lambda i=i: kern[(grid,)](x[i * stride:i * stride + ne], out, ne, BLOCK=BLOCK, ITERS=ITERS, num_warps=warps)) for i in range(nl)]
+        us = layered_us(fns, None, reps)
+        best = us if best is None else min(best, us)
+    del x
+    torch.cuda.empty_cache()
+    return best
+
+
 def layered_us(fns, ctx, reps):
     """Microseconds per call of fns (one per layer, each on its own buffers) captured back to
     back in one CUDA graph: a decode step of a model, where no layer finds the previous
@@ -285,9 +332,10 @@ def bench_decode():
     print("\n## Decode (one token per sequence, Hq=32, Hkv=8, D=128, B=64, bf16, pages of 64)\n")
     print("Per-layer times: `layers` decode calls on distinct caches captured in one graph, replayed back to back (time / replays / layers);")
     print("single: one call per graph replay, each replay timed alone (includes the replay's launch latency).")
-    print("Bandwidth: the bytes our decode must read (pooled keys of all candidates, K/V of selected + local blocks, q, o) per dash us.\n")
-    print("| batch | context | kscale | block sparsity | layers | dash us | dash single us | cuDNN us | cuDNN single us | flash us | x cuDNN | x cuDNN single | x flash | GB/s on bytes read | % of copy |")
-    print("|------:|--------:|-------:|---------------:|-------:|--------:|---------------:|---------:|----------------:|---------:|--------:|---------------:|--------:|-------------------:|----------:|")
+    print("Bandwidth: the bytes our decode must read (pooled keys of all candidates, K/V of selected + local blocks, q, o) per dash us.")
+    print("Read-only: the fastest kernel that only reads as many bytes, per layer the same way (its time over ours: % of read-only).\n")
+    print("| batch | context | kscale | block sparsity | layers | dash us | dash single us | cuDNN us | cuDNN single us | flash us | x cuDNN | x cuDNN single | x flash | GB/s on bytes read | % of copy | read-only us | % of read-only |")
+    print("|------:|--------:|-------:|---------------:|-------:|--------:|---------------:|---------:|----------------:|---------:|--------:|---------------:|--------:|-------------------:|----------:|-------------:|---------------:|")
     sigma = 1 / math.sqrt(D)
     for n in [int(x) for x in a.batches.split(",")]:
         for L in [int(x) for x in a.dec_lens.split(",")]:
@@ -345,9 +393,11 @@ def bench_decode():
                         print(f"# SDPA {name} n={n} L={L}: {str(ex)[:120]}", file=sys.stderr)
                         base[name] = base1[name] = float("nan")
                 gbs = bytes_read / (us * 1e-6) / 1e9
+                ro = read_only_us(bytes_read, nl, a.reps)
+                ro_s = f"{ro:12.1f} | {100 * ro / us:13.1f}%" if ro is not None else f"{'n/a':>12} | {'n/a':>14}"
                 print(f"| {n:5d} | {L:7d} | {ks:6g} | {100*sparsity:13.2f}% | {nl:6d} | {us:7.1f} | {us1:14.1f} | {base['cudnn']:8.1f} | "
                       f"{base1['cudnn']:15.1f} | {base['flash']:8.1f} | {base['cudnn']/us:7.2f} | {base1['cudnn']/us1:14.2f} | {base['flash']/us:7.2f} | "
-                      f"{gbs:18.0f} | {100*gbs/bw:8.1f}% |", flush=True)
+                      f"{gbs:18.0f} | {100*gbs/bw:8.1f}% | {ro_s} |", flush=True)
                 if a.kernels:
                     print(f"#   kernels (n={n}, L={L}, kscale={ks:g}): {kernel_times(fns[0])}", flush=True)
                 ctx.close()
