@@ -44,79 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel, SDPBackend
 import dashattn
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_common import (HQ, HKV, D, B, ALPHA, G, dev, median_ms, graph_us, layered_us, topics, queries,  # noqa: E402
+                          entmax_tau, copy_bandwidth, read_only_us)
 
-HQ, HKV, D, B, ALPHA = 32, 8, 128, 64, 1.5
-G = HQ // HKV
-dev = "cuda"
 torch.manual_seed(0)
-
-
-def median_ms(fn, reps):
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); fn(); e.record(); e.synchronize()
-        ts.append(s.elapsed_time(e))
-    ts.sort()
-    return ts[len(ts) // 2]
-
-
-def capture(fns, ctx):
-    """A CUDA graph of fns called in order (after two warm-up rounds on a side stream).
-    `ctx` (or None) launches on the capture stream."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        if ctx is not None:
-            ctx.set_stream(s)
-        for _ in range(2):
-            for fn in fns:
-                fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        if ctx is not None:
-            ctx.set_stream(torch.cuda.current_stream())
-        for fn in fns:
-            fn()
-    if ctx is not None:
-        ctx.set_stream(None)
-    return g
-
-
-def graph_us(fn, ctx, reps):
-    """Median microseconds of `fn` replayed from a CUDA graph (what serving engines do:
-    no Python or launch overhead in the number), each replay timed alone."""
-    return 1e3 * median_ms(capture([fn], ctx).replay, reps)
-
-
-def topics(n, L, kscale):
-    """k, v [n, L, Hkv, D] and a query generator mixing topics of earlier blocks."""
-    nb = (L + B - 1) // B
-    T = torch.randn(n, nb, HKV, D, device=dev)
-    k = torch.empty(n, L, HKV, D, device=dev, dtype=torch.bfloat16)
-    v = torch.empty(n, L, HKV, D, device=dev, dtype=torch.bfloat16)
-    step = max(B, (1 << 24) // (HKV * D) // B * B)  # chunks of ~16M elements (no fp32 copy of it all)
-    for b in range(n):
-        for i0 in range(0, L, step):
-            i1 = min(L, i0 + step)
-            blk = torch.arange(i0, i1, device=dev) // B
-            k[b, i0:i1] = (kscale * (T[b, blk] + 0.5 * torch.randn(i1 - i0, HKV, D, device=dev))).bfloat16()
-            v[b, i0:i1] = torch.randn(i1 - i0, HKV, D, device=dev).bfloat16()
-    return T, k, v
-
-
-def queries(T, rows_pos, n):
-    """q [n, len(rows_pos), Hq, D]: each row mixes 3 random topics of blocks <= its own."""
-    R = rows_pos.numel()
-    hi = (rows_pos // B + 1).float()
-    idx = (torch.rand(n, R, 3, HQ, device=dev) * hi[None, :, None, None]).long()
-    hk = torch.arange(HQ, device=dev) // G
-    q = T[torch.arange(n, device=dev)[:, None, None, None], idx, hk[None, None, None, :]].sum(2) / math.sqrt(3)
-    return (q + torch.randn(n, R, HQ, D, device=dev)).bfloat16()
 
 
 def row_sparsity(q, kbar, tau, pos, sigma):
@@ -224,19 +156,6 @@ def bench_backward():
             torch.cuda.empty_cache()
 
 
-def entmax_tau(z, alpha, valid):
-    """alpha-entmax threshold per row by bisection (float64), z [..., n], valid mask."""
-    s = torch.where(valid, (alpha - 1) * z.double(), torch.full_like(z, -1e30, dtype=torch.float64))
-    mx = s.max(-1, keepdim=True).values
-    lo, hi = mx - 1, mx
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        f = (torch.clamp(s - mid, min=0) ** (1 / (alpha - 1))).sum(-1, keepdim=True)
-        lo = torch.where(f >= 1, mid, lo)
-        hi = torch.where(f >= 1, hi, mid)
-    return lo
-
-
 def kernel_times(fn, reps=5):
     """Mean device microseconds per call of each dash_* kernel launched by fn."""
     from torch.profiler import profile, ProfilerActivity
@@ -250,80 +169,6 @@ def kernel_times(fn, reps=5):
         if e.name.startswith("dash_"):
             tot[e.name] = tot.get(e.name, 0.0) + e.device_time_total
     return ", ".join(f"{k} {v / reps:.1f}" for k, v in sorted(tot.items(), key=lambda kv: -kv[1]))
-
-
-def copy_bandwidth():
-    """Device-to-device copy of 4 GiB: bytes read + written per second (the bandwidth ceiling)."""
-    x = torch.empty(1 << 31, dtype=torch.bfloat16, device=dev).normal_()
-    y = torch.empty_like(x)
-    ms = median_ms(lambda: y.copy_(x), 10)
-    del x, y
-    torch.cuda.empty_cache()
-    return 2 * (1 << 32) / (ms * 1e-3) / 1e9
-
-
-_READ_KERNEL = []
-
-
-def read_only_us(nbytes, nl, reps):
-    """Per-layer microseconds of the fastest read-only kernel (Triton) over `nbytes` bytes,
-    `nl` launches on distinct buffers in one graph (as layered_us); None without Triton."""
-    if not _READ_KERNEL:
-        try:
-            import triton
-            import triton.language as tl
-
-            @triton.jit
-            def read_sum(x_ptr, out_ptr, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
-                pid = tl.program_id(0)
-                acc = tl.zeros([BLOCK], dtype=tl.float32)
-                base = pid.to(tl.int64) * BLOCK * ITERS
-                for i in range(ITERS):
-                    offs = base + i * BLOCK + tl.arange(0, BLOCK)
-                    acc += tl.load(x_ptr + offs, mask=offs < n, other=0.0, cache_modifier=".cg").to(tl.float32)
-                tl.store(out_ptr + pid, tl.sum(acc))
-
-            _READ_KERNEL.append(read_sum)
-        except Exception as ex:  # noqa
-            print(f"# read-only reference: no Triton ({str(ex)[:80]})", file=sys.stderr)
-            _READ_KERNEL.append(None)
-    kern = _READ_KERNEL[0]
-    if kern is None:
-        return None
-    ne = (int(nbytes) + 1) // 2
-    stride = (ne + 4095) // 4096 * 4096
-    x = torch.ones(nl * stride, dtype=torch.bfloat16, device=dev)
-    best = None
-    for BLOCK, ITERS, warps in ((512, 1, 2), (1024, 1, 4), (2048, 1, 4), (1024, 4, 4), (2048, 4, 8), (4096, 2, 8), (2048, 8, 8)):
-        grid = (ne + BLOCK * ITERS - 1) // (BLOCK * ITERS)
-        out = torch.empty(grid, device=dev)
-        fns = [(lambda i=i: kern[(grid,)](x[i * stride:i * stride + ne], out, ne, BLOCK=BLOCK, ITERS=ITERS, num_warps=warps)) for i in range(nl)]
-        us = layered_us(fns, None, reps)
-        best = us if best is None else min(best, us)
-    del x
-    torch.cuda.empty_cache()
-    return best
-
-
-def layered_us(fns, ctx, reps):
-    """Microseconds per call of fns (one per layer, each on its own buffers) captured back to
-    back in one CUDA graph: a decode step of a model, where no layer finds the previous
-    one's data in L2 and launch latency is paid once per step, not per layer."""
-    g = capture(fns, ctx)
-    # Replays back to back (the GPU stays busy, as in serving; an idle GPU between short
-    # replays also lowers its clock): 5 runs of `reps` replays, median.
-    for _ in range(3):
-        g.replay()
-    ts = []
-    for _ in range(5):
-        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        st.record()
-        for _ in range(reps):
-            g.replay()
-        en.record(); en.synchronize()
-        ts.append(st.elapsed_time(en) / reps)
-    ts.sort()
-    return 1e3 * ts[2] / len(fns)
 
 
 def bench_decode():

@@ -18,7 +18,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bindings", "python"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import dashattn  # noqa: E402
+from bench_common import (HKV, D, B, ALPHA, G, dev, replay_us, topics, queries, entmax_tau,  # noqa: E402
+                          copy_bandwidth, read_only_us)
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--len", type=int, default=131072)
@@ -29,60 +32,7 @@ ap.add_argument("--reps", type=int, default=20)
 ap.add_argument("--floor", action="store_true", help="also time a read-only Triton kernel over the step's byte counts")
 a = ap.parse_args()
 
-HQ, HKV, D, B, ALPHA = 32, 8, 128, 64, 1.5
-G = HQ // HKV
-dev = "cuda"
 torch.manual_seed(0)
-
-
-def topics(n, L, kscale):
-    nb = (L + B - 1) // B
-    T = torch.randn(n, nb, HKV, D, device=dev)
-    k = torch.empty(n, L, HKV, D, device=dev, dtype=torch.bfloat16)
-    v = torch.empty(n, L, HKV, D, device=dev, dtype=torch.bfloat16)
-    step = max(B, (1 << 24) // (HKV * D) // B * B)
-    for b in range(n):
-        for i0 in range(0, L, step):
-            i1 = min(L, i0 + step)
-            blk = torch.arange(i0, i1, device=dev) // B
-            k[b, i0:i1] = (kscale * (T[b, blk] + 0.5 * torch.randn(i1 - i0, HKV, D, device=dev))).bfloat16()
-            v[b, i0:i1] = torch.randn(i1 - i0, HKV, D, device=dev).bfloat16()
-    return T, k, v
-
-
-def queries(T, L, n):
-    hi = float(L // B)
-    idx = (torch.rand(n, 1, 3, HQ, device=dev) * hi).long()
-    hk = torch.arange(HQ, device=dev) // G
-    q = T[torch.arange(n, device=dev)[:, None, None, None], idx, hk[None, None, None, :]].sum(2) / math.sqrt(3)
-    return (q + torch.randn(n, 1, HQ, D, device=dev)).bfloat16()
-
-
-def entmax_tau(z, alpha, valid):
-    s = torch.where(valid, (alpha - 1) * z.double(), torch.full_like(z, -1e30, dtype=torch.float64))
-    mx = s.max(-1, keepdim=True).values
-    lo, hi = mx - 1, mx
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        f = (torch.clamp(s - mid, min=0) ** (1 / (alpha - 1))).sum(-1, keepdim=True)
-        lo = torch.where(f >= 1, mid, lo)
-        hi = torch.where(f >= 1, hi, mid)
-    return lo
-
-
-def replay_us(g, reps, per):
-    for _ in range(3):
-        g.replay()
-    ts = []
-    for _ in range(5):
-        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        st.record()
-        for _ in range(reps):
-            g.replay()
-        en.record(); en.synchronize()
-        ts.append(st.elapsed_time(en) / reps)
-    ts.sort()
-    return 1e3 * ts[2] / per
 
 
 def capture_layers(layer_fns, chains):
@@ -120,7 +70,7 @@ def capture_layers(layer_fns, chains):
 
 def run_point(n, L, ks):
     T, k, v = topics(n, L, ks)
-    q = queries(T, L, n)
+    q = queries(T, torch.tensor([L - 1], device=dev), n)
     del T
     ps = 64
     pages = n * L // ps
@@ -184,7 +134,6 @@ def run_point(n, L, ks):
         for c in ctxs:
             c.close()
         del g
-    gbs0 = None
     for chains, how, us, same in res:
         gbs = bytes_read / (us * 1e-6) / 1e9
         print(f"| {n} | {L} | {ks:g} | {100 * sparsity:.2f}% | {nl} | {chains} ({how}) | {us:.1f} | {gbs:.0f} | {same} |", flush=True)
@@ -194,66 +143,16 @@ def run_point(n, L, ks):
 
 
 def read_floor(sizes):
-    """Per-launch microseconds of a read-only Triton kernel over each byte count (16 distinct
-    buffers in one graph, replayed back to back), the best of a few tilings."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def rd(x_ptr, out_ptr, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
-        pid = tl.program_id(0)
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        base = pid.to(tl.int64) * BLOCK * ITERS
-        for i in range(ITERS):
-            offs = base + i * BLOCK + tl.arange(0, BLOCK)
-            acc += tl.load(x_ptr + offs, mask=offs < n, other=0.0, cache_modifier=".cg").to(tl.float32)
-        tl.store(out_ptr + pid, tl.sum(acc))
-
-    x = torch.empty(1 << 31, dtype=torch.bfloat16, device=dev).normal_()
-    y = torch.empty_like(x)
-    torch.cuda.synchronize()
-    st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(3):
-        y.copy_(x)
-    st.record()
-    for _ in range(10):
-        y.copy_(x)
-    en.record(); en.synchronize()
-    bw = 2 * (1 << 32) * 10 / (st.elapsed_time(en) * 1e-3) / 1e9
-    del y
+    """The read-only reference (bench_common.read_only_us) over each byte count, per launch
+    of 16 launches on distinct buffers in one graph."""
+    bw = copy_bandwidth()
     print(f"\n# copy {bw:.0f} GB/s; read-only kernel over a step's bytes (per launch, 16 buffers in a graph)\n")
-    print("| bytes | best us | GB/s | % of copy | time at 70% of copy | config |")
-    print("|---|---|---|---|---|---|")
-    out = torch.empty(1 << 20, device=dev)
+    print("| bytes | read-only us | GB/s | % of copy | us at 70% of copy |")
+    print("|---|---|---|---|---|")
     for nbytes in sizes:
-        ne = int(nbytes) // 2
-        best = None
-        for BLOCK, ITERS, warps in ((1024, 4, 4), (2048, 4, 8), (4096, 2, 8), (2048, 8, 8), (1024, 16, 4), (8192, 1, 8)):
-            per = BLOCK * ITERS
-            grid = (ne + per - 1) // per
-            if grid > out.numel():
-                continue
-            stride = (ne + 4095) // 4096 * 4096
-            bufs = [x[i * stride:i * stride + ne] for i in range(16)]
-            if 16 * stride > x.numel():
-                continue
-            for b_ in bufs[:2]:
-                rd[(grid,)](b_, out, ne, BLOCK=BLOCK, ITERS=ITERS, num_warps=warps)
-            torch.cuda.synchronize()
-            g = torch.cuda.CUDAGraph()
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                with torch.cuda.graph(g, stream=s):
-                    for b_ in bufs:
-                        rd[(grid,)](b_, out, ne, BLOCK=BLOCK, ITERS=ITERS, num_warps=warps)
-            us = replay_us(g, 50, 16)
-            if best is None or us < best[0]:
-                best = (us, f"BLOCK {BLOCK} ITERS {ITERS} warps {warps} grid {grid}")
-        gbs = nbytes / (best[0] * 1e-6) / 1e9
-        print(f"| {nbytes / 1e6:.1f} MB | {best[0]:.2f} | {gbs:.0f} | {100 * gbs / bw:.1f}% | {nbytes / (0.7 * bw * 1e3):.2f} | {best[1]} |", flush=True)
-    del x
-    torch.cuda.empty_cache()
+        us = read_only_us(nbytes, 16, 50)
+        gbs = nbytes / (us * 1e-6) / 1e9
+        print(f"| {nbytes / 1e6:.1f} MB | {us:.2f} | {gbs:.0f} | {100 * gbs / bw:.1f}% | {nbytes / (0.7 * bw * 1e3):.2f} |", flush=True)
 
 
 print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | dashattn {dashattn.__version__}")
