@@ -46,7 +46,7 @@ from torch.nn.attention import sdpa_kernel, SDPBackend
 import dashattn
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_common import (HQ, HKV, D, B, ALPHA, G, dev, median_ms, graph_us, layered_us, topics, queries,  # noqa: E402
-                          entmax_tau, copy_bandwidth, read_only_us)
+                          copy_bandwidth, read_only_us, decode_point)
 
 torch.manual_seed(0)
 
@@ -181,7 +181,6 @@ def bench_decode():
     print("Read-only: the fastest kernel that only reads as many bytes, per layer the same way (its time over ours: % of read-only).\n")
     print("| batch | context | kscale | block sparsity | layers | dash us | dash single us | cuDNN us | cuDNN single us | flash us | x cuDNN | x cuDNN single | x flash | GB/s on bytes read | % of copy | read-only us | % of read-only |")
     print("|------:|--------:|-------:|---------------:|-------:|--------:|---------------:|---------:|----------------:|---------:|--------:|---------------:|--------:|-------------------:|----------:|-------------:|---------------:|")
-    sigma = 1 / math.sqrt(D)
     for n in [int(x) for x in a.batches.split(",")]:
         for L in [int(x) for x in a.dec_lens.split(",")]:
             kv_bytes = n * L * HKV * D * 2 * 2
@@ -189,36 +188,15 @@ def bench_decode():
                 print(f"| {n:5d} | {L:7d} | (skipped: {kv_bytes/1e9:.0f} GB of K/V) |||||||||||||")
                 continue
             for ks in [float(x) for x in a.kscale.split(",")]:
-                T, k, v = topics(n, L, ks)
-                q = queries(T, torch.tensor([L - 1], device=dev), n)  # [n, 1, Hq, D]
-                del T
-                ps = 64
-                pages = n * L // ps
-                table = torch.arange(pages, device=dev, dtype=torch.int32).view(n, L // ps)
-                lens = torch.full((n,), L, device=dev, dtype=torch.int32)
                 ctx = dashattn.Context("cuda")
-                pooled = torch.empty(pages, 1, HKV, D, device=dev, dtype=torch.bfloat16)
-                dashattn.pool_keys_paged(k.view(pages, ps, HKV, D), pooled, table, torch.zeros_like(lens), lens, block_size=B, context=ctx)
-                # Selection statistics (per KV group, as the kernel selects).
-                nb = L // B
-                kbar = pooled.view(n, nb, HKV, D).float()
-                qg = q.float().view(n, HKV, G, D).mean(2)
-                z = sigma * torch.einsum("nhd,njhd->nhj", qg, kbar)
-                del kbar
-                cand = torch.arange(nb, device=dev)[None, None, :] <= (L - 1) // B - 1
-                tau = entmax_tau(z, ALPHA, cand)
-                sel = (((ALPHA - 1) * z.double() - tau) > 0) & cand
-                att = sel.sum().item() + n * HKV  # + the local block
-                del z, tau, sel, cand
-                sparsity = 1 - att / (n * HKV * nb)
-                bytes_read = att * B * D * 2 * 2 + n * HKV * nb * D * 2 + 2 * q.numel() * 2
-                # Layers: enough distinct copies that one step reads >= 256 MB (no L2 reuse
-                # between layers), at most 16 and 48 GB.
-                nl = max(1, min(16, math.ceil(256e6 / bytes_read), int(48e9 // (kv_bytes * 1.02))))
-                layers = [(k, v, pooled)] + [(k.clone(), v.clone(), pooled.clone()) for _ in range(nl - 1)]
+                pt = decode_point(n, L, ks, ctx)
+                q, sparsity, bytes_read, nl = pt["q"], pt["sparsity"], pt["bytes_read"], pt["nl"]
+                table, lens = pt["table"], pt["lens"]
+                layers = [(pt["k"], pt["v"], pt["pooled"])] + [(pt["k"].clone(), pt["v"].clone(), pt["pooled"].clone()) for _ in range(nl - 1)]
+                del pt
                 o = torch.empty_like(q)
-                fns = [(lambda kk=kk, vv=vv, pp=pp: dashattn.decode(q, kk.view(pages, ps, HKV, D), vv.view(pages, ps, HKV, D), pp, table, lens,
-                                                                     alpha=ALPHA, block_size=B, context=ctx, out=o)) for kk, vv, pp in layers]
+                fns = [(lambda kk=kk, vv=vv, pp=pp: dashattn.decode(q, kk, vv, pp, table, lens, alpha=ALPHA, block_size=B, context=ctx, out=o))
+                       for kk, vv, pp in layers]
                 us = layered_us(fns, ctx, a.reps)
                 us1 = graph_us(fns[0], ctx, a.reps)
                 qd = q.transpose(1, 2)
@@ -226,7 +204,7 @@ def bench_decode():
                 for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
                     try:
                         with sdpa_kernel([be]):
-                            sds = [(lambda kk=kk, vv=vv: F.scaled_dot_product_attention(qd, kk.transpose(1, 2), vv.transpose(1, 2), enable_gqa=True))
+                            sds = [(lambda kk=kk, vv=vv: F.scaled_dot_product_attention(qd, kk.view(n, L, HKV, D).transpose(1, 2), vv.view(n, L, HKV, D).transpose(1, 2), enable_gqa=True))
                                    for kk, vv, _ in layers]
                             try:
                                 base[name] = layered_us(sds, None, a.reps)
@@ -246,7 +224,7 @@ def bench_decode():
                 if a.kernels:
                     print(f"#   kernels (n={n}, L={L}, kscale={ks:g}): {kernel_times(fns[0])}", flush=True)
                 ctx.close()
-                del k, v, q, pooled, o, qd, layers, fns
+                del q, o, qd, layers, fns
                 torch.cuda.empty_cache()
 
 

@@ -168,3 +168,39 @@ def layered_us(fns, ctx, reps):
     back in one CUDA graph: a decode step of a model, where no layer finds the previous
     one's data in L2 and launch latency is paid once per step, not per layer."""
     return replay_us(capture(fns, ctx), reps, len(fns))
+
+
+def decode_point(n, L, kscale, ctx, layer_bytes=48e9):
+    """One point of the decode bench: n sequences of L tokens of topic keys (kscale) in a
+    paged cache (pages of 64, identity page table) with their pooled keys (pooled by
+    dashattn on `ctx`), one query row per sequence, and what the kernels will select (per
+    KV group, from the pooled keys and a float64 tau). Returns a dict: q, k, v, pooled
+    (the caches as [pages, 64 or 1, Hkv, D] views), table, lens, sparsity (block level),
+    bytes_read (pooled keys of every candidate, K/V of the selected and local blocks, q
+    and o), and nl, the layers (distinct cache copies) a step of >= 256 MB needs, at most
+    16 and `layer_bytes` of K/V."""
+    T, k, v = topics(n, L, kscale)
+    q = queries(T, torch.tensor([L - 1], device=dev), n)  # [n, 1, Hq, D]
+    del T
+    ps = 64
+    pages = n * L // ps
+    table = torch.arange(pages, device=dev, dtype=torch.int32).view(n, L // ps)
+    lens = torch.full((n,), L, device=dev, dtype=torch.int32)
+    pooled = torch.empty(pages, 1, HKV, D, device=dev, dtype=torch.bfloat16)
+    import dashattn
+    dashattn.pool_keys_paged(k.view(pages, ps, HKV, D), pooled, table, torch.zeros_like(lens), lens, block_size=B, context=ctx)
+    # Selection statistics (per KV group, as the kernel selects).
+    nb = L // B
+    kbar = pooled.view(n, nb, HKV, D).float()
+    qg = q.float().view(n, HKV, G, D).mean(2)
+    z = (1 / math.sqrt(D)) * torch.einsum("nhd,njhd->nhj", qg, kbar)
+    del kbar
+    cand = torch.arange(nb, device=dev)[None, None, :] <= (L - 1) // B - 1
+    tau = entmax_tau(z, ALPHA, cand)
+    att = ((((ALPHA - 1) * z.double() - tau) > 0) & cand).sum().item() + n * HKV  # + the local block
+    del z, tau, cand
+    bytes_read = att * B * D * 2 * 2 + n * HKV * nb * D * 2 + 2 * q.numel() * 2
+    kv_bytes = n * L * HKV * D * 2 * 2
+    nl = max(1, min(16, math.ceil(256e6 / bytes_read), int(layer_bytes // (kv_bytes * 1.02))))
+    return dict(q=q, k=k.view(pages, ps, HKV, D), v=v.view(pages, ps, HKV, D), pooled=pooled, table=table, lens=lens,
+                sparsity=1 - att / (n * HKV * nb), bytes_read=bytes_read, nl=nl)

@@ -11,7 +11,6 @@ A chain is a dashattn.decode call on a slice of the batch (sequences) or of the 
 (batch 1), on its own context and stream.
 """
 import argparse
-import math
 import os
 import sys
 
@@ -20,8 +19,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bindings", "python"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import dashattn  # noqa: E402
-from bench_common import (HKV, D, B, ALPHA, G, dev, replay_us, topics, queries, entmax_tau,  # noqa: E402
-                          copy_bandwidth, read_only_us)
+from bench_common import HKV, B, ALPHA, G, replay_us, decode_point, copy_bandwidth, read_only_us  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--len", type=int, default=131072)
@@ -69,32 +67,13 @@ def capture_layers(layer_fns, chains):
 
 
 def run_point(n, L, ks):
-    T, k, v = topics(n, L, ks)
-    q = queries(T, torch.tensor([L - 1], device=dev), n)
-    del T
-    ps = 64
-    pages = n * L // ps
-    table = torch.arange(pages, device=dev, dtype=torch.int32).view(n, L // ps)
-    lens = torch.full((n,), L, device=dev, dtype=torch.int32)
     ctx0 = dashattn.Context("cuda")
-    pooled = torch.empty(pages, 1, HKV, D, device=dev, dtype=torch.bfloat16)
-    dashattn.pool_keys_paged(k.view(pages, ps, HKV, D), pooled, table, torch.zeros_like(lens), lens, block_size=B, context=ctx0)
+    pt = decode_point(n, L, ks, ctx0, layer_bytes=40e9)
     torch.cuda.synchronize()
     ctx0.close()
-    nb = L // B
-    kbar = pooled.view(n, nb, HKV, D).float()
-    qg = q.float().view(n, HKV, G, D).mean(2)
-    z = (1 / math.sqrt(D)) * torch.einsum("nhd,njhd->nhj", qg, kbar)
-    del kbar
-    cand = torch.arange(nb, device=dev)[None, None, :] <= (L - 1) // B - 1
-    tau = entmax_tau(z, ALPHA, cand)
-    att = ((((ALPHA - 1) * z.double() - tau) > 0) & cand).sum().item() + n * HKV
-    del z, tau, cand
-    sparsity = 1 - att / (n * HKV * nb)
-    bytes_read = att * B * D * 2 * 2 + n * HKV * nb * D * 2 + 2 * q.numel() * 2
-    kv_bytes = n * L * HKV * D * 2 * 2
-    nl = max(1, min(16, math.ceil(256e6 / bytes_read), int(40e9 // (kv_bytes * 1.02))))
-    layers = [(k, v, pooled)] + [(k.clone(), v.clone(), pooled.clone()) for _ in range(nl - 1)]
+    q, table, lens, sparsity, bytes_read, nl = pt["q"], pt["table"], pt["lens"], pt["sparsity"], pt["bytes_read"], pt["nl"]
+    layers = [(pt["k"], pt["v"], pt["pooled"])] + [(pt["k"].clone(), pt["v"].clone(), pt["pooled"].clone()) for _ in range(nl - 1)]
+    del pt
     o_ref = None
     res = []
     for chains in [int(x) for x in a.splits.split(",")]:
@@ -103,8 +82,7 @@ def run_point(n, L, ks):
             continue
         o = torch.zeros_like(q)
         layer_fns = []
-        for kk, vv, pp in layers:
-            kc, vc = kk.view(pages, ps, HKV, D), vv.view(pages, ps, HKV, D)
+        for kc, vc, pp in layers:
             fns = []
             for i in range(chains):
                 if by_heads:  # batch 1: chain i takes KV heads [h0, h1) and their query heads
@@ -137,7 +115,7 @@ def run_point(n, L, ks):
     for chains, how, us, same in res:
         gbs = bytes_read / (us * 1e-6) / 1e9
         print(f"| {n} | {L} | {ks:g} | {100 * sparsity:.2f}% | {nl} | {chains} ({how}) | {us:.1f} | {gbs:.0f} | {same} |", flush=True)
-    del k, v, q, pooled, layers
+    del q, layers
     torch.cuda.empty_cache()
     return bytes_read
 
