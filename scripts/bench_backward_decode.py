@@ -44,7 +44,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel, SDPBackend
 import dashattn
-sys.path.insert(0, os.path.dirname(__file__))
 from bench_common import (HQ, HKV, D, B, ALPHA, G, dev, median_ms, graph_us, layered_us, topics, queries,  # noqa: E402
                           copy_bandwidth, read_only_us, decode_point)
 

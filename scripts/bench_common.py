@@ -11,8 +11,9 @@ G = HQ // HKV
 dev = "cuda"
 
 
-def median_ms(fn, reps):
-    for _ in range(2):
+def median_ms(fn, reps, warmup=2):
+    """Median milliseconds of `fn` over `reps` calls, each timed alone (after `warmup` calls)."""
+    for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     ts = []

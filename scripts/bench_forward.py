@@ -25,18 +25,8 @@ lens = [int(x) for x in a.lens.split(",")]
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel, SDPBackend
+from bench_common import median_ms
 
-def median_ms(fn, reps):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); fn(); e.record(); e.synchronize()
-        ts.append(s.elapsed_time(e))
-    ts.sort()
-    return ts[len(ts) // 2]
 
 sdpa = {}
 for L in lens:
@@ -46,7 +36,7 @@ for L in lens:
     for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
         try:
             with sdpa_kernel([be]):
-                sdpa[(L, name)] = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), a.reps)
+                sdpa[(L, name)] = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), a.reps, warmup=3)
         except Exception as ex:  # noqa
             print(f"# SDPA {name} L={L}: {ex}", file=sys.stderr)
             sdpa[(L, name)] = float("nan")
