@@ -18,6 +18,7 @@
 // score_np would run; CARVE=<percent> sets one preferred shared-memory carveout for every
 // kernel of the step; ONECALL=1 makes one eager call a kscale and stops there (for ncu).
 // Prints a bitwise checksum of z (score variants must agree).
+// A/B of kernel versions (each built into this harness, run in turns): ab_trace.sh here.
 #include <cuda.h>
 #include <cuda_runtime.h>
 #include <cstdio>
