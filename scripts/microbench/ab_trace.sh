@@ -11,7 +11,10 @@
 set -u -o pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 labels=() dirs=()
-while [ $# -gt 0 ] && [ "$1" != -- ]; do labels+=("${1%%=*}"); dirs+=("$(cd "${1#*=}" && pwd)"); shift; done
+while [ $# -gt 0 ] && [ "$1" != -- ]; do
+    [ -f "${1#*=}/kernels/decode.cu" ] || { echo "ab_trace: no ${1#*=}/kernels/decode.cu" >&2; exit 2; }
+    labels+=("${1%%=*}"); dirs+=("$(cd "${1#*=}" && pwd)"); shift
+done
 [ "${1:-}" = -- ] && shift
 [ ${#labels[@]} -ge 1 ] || { echo "usage: ab_trace.sh label=dir ... -- harness args" >&2; exit 2; }
 OUT=${OUT:-/tmp/ab}; mkdir -p "$OUT"
