@@ -34,8 +34,9 @@ for ((k = 1; k <= ${RUNS:-2}; ++k)); do
     for l in "${labels[@]}"; do
         [ -x "$W/$l/tr" ] || continue
         echo "##### $l (turn $k): $*" | tee -a "$OUT/ab_$l.txt"
-        env ${HENV:-RING=1} timeout 120 "$W/$l/tr" "$@" >> "$OUT/ab_$l.txt" 2>&1
-        grep -E '^## kscale|^per layer' "$OUT/ab_$l.txt" | tail -n $(( 2 * $(echo "${2:-0.25,0.5,2,8}" | tr ',' '\n' | wc -l) ))
+        env ${HENV:-RING=1} timeout 120 "$W/$l/tr" "$@" > "$W/run.txt" 2>&1
+        cat "$W/run.txt" >> "$OUT/ab_$l.txt"
+        grep -E '^## kscale|^per layer' "$W/run.txt"
     done
 done
 rm -rf "$W"
