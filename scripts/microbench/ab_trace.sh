@@ -7,6 +7,8 @@
 # the versions then run in turns (a b a b ...), so that drift in the machine shows.
 #   bash scripts/microbench/ab_trace.sh base=.dev-lead/base new=. -- 131072 0.5,2,8 1
 # Env: RUNS (turns, default 2), HENV (environment for every harness run, default RING=1),
+#      HENV_<label> (instead of HENV for that label: `new=. new0=.` with HENV_new0="RING=1 WARM=0"),
+#      BIN (keep the built harnesses in $BIN/<label>/ and reuse them in later calls),
 #      OUT (full outputs: $OUT/ab_<label>.txt; default /tmp/ab).
 set -u -o pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,11 +20,12 @@ done
 [ "${1:-}" = -- ] && shift
 [ ${#labels[@]} -ge 1 ] || { echo "usage: ab_trace.sh label=dir ... -- harness args" >&2; exit 2; }
 OUT=${OUT:-/tmp/ab}; mkdir -p "$OUT"
-W=$(mktemp -d)
+W=${BIN:-$(mktemp -d)}
 nvcc_=$(command -v nvcc) || { echo "ab_trace: no nvcc" >&2; exit 2; }
 lib="$(dirname "$(dirname "$nvcc_")")/lib"
 for i in "${!labels[@]}"; do
     l=${labels[$i]}
+    [ -x "$W/$l/tr" ] && continue
     mkdir -p "$W/$l/kernels" "$W/$l/scripts/microbench"
     cp "${dirs[$i]}"/kernels/decode.cu "${dirs[$i]}"/kernels/common.cuh "$W/$l/kernels/"
     cp "$here/decode_trace.cu" "$W/$l/scripts/microbench/"
@@ -34,9 +37,10 @@ for ((k = 1; k <= ${RUNS:-2}; ++k)); do
     for l in "${labels[@]}"; do
         [ -x "$W/$l/tr" ] || continue
         echo "##### $l (turn $k): $*" | tee -a "$OUT/ab_$l.txt"
-        env ${HENV:-RING=1} timeout 120 "$W/$l/tr" "$@" > "$W/run.txt" 2>&1
+        e="HENV_$l"
+        env ${!e:-${HENV:-RING=1}} timeout 120 "$W/$l/tr" "$@" > "$W/run.txt" 2>&1
         cat "$W/run.txt" >> "$OUT/ab_$l.txt"
         grep -E '^## kscale|^per layer' "$W/run.txt"
     done
 done
-rm -rf "$W"
+[ -n "${BIN:-}" ] || rm -rf "$W"
