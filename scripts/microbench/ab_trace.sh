@@ -8,7 +8,8 @@
 #   bash scripts/microbench/ab_trace.sh base=.dev-lead/base new=. -- 131072 0.5,2,8 1
 # Env: RUNS (turns, default 2), HENV (environment for every harness run, default RING=1),
 #      HENV_<label> (instead of HENV for that label: `new=. new0=.` with HENV_new0="RING=1 WARM=0"),
-#      BIN (keep the built harnesses in $BIN/<label>/ and reuse them in later calls),
+#      BIN (keep the built harnesses in $BIN/<label>/ and reuse them in later calls; labels
+#      of one directory share one build),
 #      OUT (full outputs: $OUT/ab_<label>.txt; default /tmp/ab).
 set -u -o pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,9 +24,11 @@ OUT=${OUT:-/tmp/ab}; mkdir -p "$OUT"
 W=${BIN:-$(mktemp -d)}
 nvcc_=$(command -v nvcc) || { echo "ab_trace: no nvcc" >&2; exit 2; }
 lib="$(dirname "$(dirname "$nvcc_")")/lib"
+same=()  # "label earlier-label" for labels whose directory an earlier label builds
 for i in "${!labels[@]}"; do
     l=${labels[$i]}
     [ -x "$W/$l/tr" ] && continue
+    for ((j = 0; j < i; ++j)); do [ "${dirs[$j]}" = "${dirs[$i]}" ] && { same+=("$l ${labels[$j]}"); continue 2; }; done
     mkdir -p "$W/$l/kernels" "$W/$l/scripts/microbench"
     cp "${dirs[$i]}"/kernels/decode.cu "${dirs[$i]}"/kernels/common.cuh "$W/$l/kernels/"
     cp "$here/decode_trace.cu" "$W/$l/scripts/microbench/"
@@ -33,6 +36,7 @@ for i in "${!labels[@]}"; do
         -o "$W/$l/tr" -L"$lib" > "$W/$l/nvcc.txt" 2>&1 || { echo "ab_trace: nvcc failed for $l"; cat "$W/$l/nvcc.txt"; } ) &
 done
 wait
+for e in "${same[@]}"; do mkdir -p "$W/${e% *}" && cp "$W/${e#* }/tr" "$W/${e% *}/tr" 2>/dev/null; done
 for ((k = 1; k <= ${RUNS:-2}; ++k)); do
     for l in "${labels[@]}"; do
         [ -x "$W/$l/tr" ] || continue

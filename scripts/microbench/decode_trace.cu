@@ -17,6 +17,8 @@
 // streamed score kernel (dec_score_ring, S = -DRING_S stages, 3 as in the library) where
 // score_np would run; CARVE=<percent> sets one preferred shared-memory carveout for every
 // kernel of the step; ONECALL=1 makes one eager call a kscale and stops there (for ncu).
+// With kernels whose select takes SelArgs (DASH_SEL_ARGS: the TMA prefetch of the selected
+// blocks), PFMB=<MiB> sets the prefetch budget as DASHATTN_DEC_PF_MB does (default 24, 0 off).
 // Prints a bitwise checksum of z (score variants must agree).
 // A/B of kernel versions (each built into this harness, run in turns): ab_trace.sh here.
 #include <cuda.h>
@@ -84,13 +86,19 @@ extern "C" __global__ void __launch_bounds__(256, 3) score_np(DecParams p) { dec
 #endif
 // (score_ring: the streamed variant, taken where score_np would be when RING=1)
 extern "C" __global__ void __launch_bounds__(256) score_ring(DecParams p) { dec_score_ring<bf16_t, 128, RING_S>(p); }
+#ifdef DASH_SEL_ARGS
+// (kernels with the select's TMA prefetch: its parameter is SelArgs, maps encoded per layer)
+extern "C" __global__ void __launch_bounds__(SEL_NT) select_k(const __grid_constant__ SelArgs a) { dec_select<bf16_t>(a.p, &a.tk, &a.tv, a.pf_blocks, a.pf_ord); }
+#else
 extern "C" __global__ void __launch_bounds__(SEL_NT) select_k(DecParams p) { dec_select<bf16_t>(p); }
+#endif
 extern "C" __global__ void __launch_bounds__(ATT_NT, 3) attn_k(DecParams p) { dec_attn<bf16_t, 128, false>(p); }
 // (attn_m: the kernel with merger CTAs, taken as src/cuda/decode.rs does: flags bit 2)
 extern "C" __global__ void __launch_bounds__(ATT_NT, 3) attn_m(DecParams p) { dec_attn<bf16_t, 128, true>(p); }
 
 static int g_sms;
-static void launch_pdl(void (*f)(DecParams), dim3 grid, int block, size_t smem, cudaStream_t st, const DecParams &p) {
+template <class P>
+static void launch_pdl(void (*f)(P), dim3 grid, int block, size_t smem, cudaStream_t st, const P &p) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid; cfg.blockDim = dim3(block); cfg.dynamicSmemBytes = smem; cfg.stream = st;
     cudaLaunchAttribute at[1];
@@ -100,7 +108,33 @@ static void launch_pdl(void (*f)(DecParams), dim3 grid, int block, size_t smem, 
     CK(cudaLaunchKernelEx(&cfg, f, p));
 }
 // src/cuda/decode.rs `decode` for this shape (per group selection, q_len 1).
-struct Layer { bf16_t *k, *v, *pc; };
+struct Layer {
+    bf16_t *k, *v, *pc;
+#ifdef DASH_SEL_ARGS
+    DashTmap tk, tv;  // (src/cuda/decode.rs block_map: [pages][PS][HKV][D], box D x 1 x B x 1)
+#endif
+};
+#ifdef DASH_SEL_ARGS
+// The select's prefetch maps of a layer's caches, as src/cuda/decode.rs encodes them (the
+// outer dimensions ordered by stride: head, slot, page).
+static void encode_maps(Layer &l, int pages) {
+    typedef CUresult (*Enc)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+                            const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+    static Enc enc = nullptr;
+    if (!enc) {
+        cudaDriverEntryPointQueryResult q;
+        CK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", (void **)&enc, 12000, cudaEnableDefault, &q));
+        if (!enc) { fprintf(stderr, "no cuTensorMapEncodeTiled\n"); exit(1); }
+    }
+    cuuint64_t dims[4] = {D, HKV, PS, (cuuint64_t)pages}, strides[3] = {D * 2, HKV * D * 2, (cuuint64_t)PS * HKV * D * 2};
+    cuuint32_t box[4] = {D, 1, B, 1}, es[4] = {1, 1, 1, 1};
+    for (int w = 0; w < 2; ++w) {
+        CUresult r = enc((CUtensorMap *)(w ? &l.tv : &l.tk), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, w ? (void *)l.v : (void *)l.k, dims, strides, box, es,
+                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+        if (r != CUDA_SUCCESS) { fprintf(stderr, "cuTensorMapEncodeTiled: %d\n", (int)r); exit(1); }
+    }
+}
+#endif
 struct Setup {
     int n, L, pages, nbmax, rows, splits_plan, splits, grid, cb, chunks, ring_grid;
     int *table, *lens, *prev;
@@ -148,12 +182,25 @@ static void decode(const Setup &s, const Layer &l, cudaStream_t st) {
     static const bool score_only = getenv("SCOREONLY") != nullptr;  // the score kernel alone
     if (score_only) return;
     static const bool nopdl = getenv("NOPDL") != nullptr;
+#ifdef DASH_SEL_ARGS
+    // (src/cuda/decode.rs select_args: the rows' first blocks up to PFMB MiB, default 24)
+    SelArgs sa;
+    memset(&sa, 0, sizeof sa);
+    sa.p = p;
+    sa.tk = l.tk;
+    sa.tv = l.tv;
+    static const long long pfmb = getenv("PFMB") ? atoll(getenv("PFMB")) : 24;
+    sa.pf_blocks = (int)((pfmb << 20) / ((long long)s.rows * 2 * B * D * 2));
+    sa.pf_ord = 0 | 1 << 2 | 2 << 4;
+#else
+    const DecParams &sa = p;
+#endif
     if (nopdl) {
-        select_k<<<dim3(1, HKV, s.n), SEL_NT, 0, st>>>(p);
+        select_k<<<dim3(1, HKV, s.n), SEL_NT, 0, st>>>(sa);
         ((p.flags & 4) ? attn_m : attn_k)<<<dim3(s.grid), 128, attn_smem(), st>>>(p);
         return;
     }
-    launch_pdl(select_k, dim3(1, HKV, s.n), SEL_NT, 0, st, p);
+    launch_pdl(select_k, dim3(1, HKV, s.n), SEL_NT, 0, st, sa);
     launch_pdl((p.flags & 4) ? attn_m : attn_k, dim3(s.grid), 128, attn_smem(), st, p);
 }
 
@@ -171,8 +218,9 @@ int main(int argc, char **argv) {
     CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ring_occ, score_ring, 256, RING_S * 16384));
     if (getenv("CARVE")) {  // the same preferred smem carveout (percent) for every kernel of the step
         const int cv = atoi(getenv("CARVE"));
-        void (*ks[])(DecParams) = {score_k, score_np, score_ring, select_k, attn_k, attn_m};
+        void (*ks[])(DecParams) = {score_k, score_np, score_ring, attn_k, attn_m};
         for (auto k : ks) CK(cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, cv));
+        CK(cudaFuncSetAttribute(select_k, cudaFuncAttributePreferredSharedMemoryCarveout, cv));
     }
 
     Setup s;
@@ -230,6 +278,9 @@ int main(int argc, char **argv) {
             gen_kv<<<4 * g_sms * 8, 256, 0, st>>>(ls[i].k, ls[i].v, kv_elems, L, ks, 1234u);
             DecParams p = params(s, ls[i]);
             pool_k<<<dim3(HKV, n), D, 0, st>>>(p);
+#ifdef DASH_SEL_ARGS
+            encode_maps(ls[i], s.pages);
+#endif
         }
         gen_q<<<(n * HQ * D + 255) / 256, 256, 0, st>>>(s.q, n, L, 1234u);
         CK(cudaStreamSynchronize(st));
