@@ -4,11 +4,13 @@
 #                      (flags bit 3; DASHATTN_DEC_WARM=0 off, harness WARM=0);
 #   tma-prefetch.patch (dir .dev-lead/tma): the select prefetches its selected blocks' K/V
 #                      into L2 by TMA (DASHATTN_DEC_PF_MB=0 off, harness PFMB=0).
-# PART=1: each version's decode tests (tma with DASHATTN_DEC_PF_REQUIRE=1, so that tensor
-#         maps the driver refuses fail the tests instead of turning the prefetch off), then
-#         the harness A/B (scripts/microbench/ab_trace.sh) of main's kernels, warm, warm with
-#         WARM=0, tma and tma with PFMB=0: batch 1 / 128k twice, batch 8, batch 1 / 1M (where
-#         the warm patch's loops past 2048 candidates differ from main's).
+# PART=1: tma's decode tests (with DASHATTN_DEC_PF_REQUIRE=1, so that tensor maps the
+#         driver refuses fail the tests instead of turning the prefetch off), the harness A/B
+#         (scripts/microbench/ab_trace.sh) of main's kernels, warm, warm with WARM=0, tma,
+#         tma with PFMB=0 and tmaE (tma built with -DDASH_PF_EARLY: the prefetches ~2 us
+#         earlier, before the list writes) at batch 1 / 128k twice, batch 8 and batch 1 / 1M
+#         (where the warm patch's loops past 2048 candidates differ from main's); then
+#         warm's decode tests.
 # PART=2: the tests with each switch off, memcheck of the merger test for both and racecheck
 #         for warm (its dry pass reuses the shared scratch), library bench A/Bs at batch 1
 #         (both patches) and batch 8 (tma).
@@ -19,9 +21,11 @@
 #   cp /tmp/wt-L/target/release/deps/gpu_decode-<hash> .dev-lead/L/gpu_decode; cp /tmp/wt-L/target/release/libdashattn.so .dev-lead/L/
 #   strip .dev-lead/L/gpu_decode .dev-lead/L/libdashattn.so
 # and main's kernels: mkdir -p .dev-lead/base/kernels; git show main:kernels/decode.cu > .dev-lead/base/kernels/decode.cu
-# (the same for common.cuh); cp docs/wip/next-run.sh scripts/.run-next.sh; then run
+# (the same for common.cuh); the tmaE kernels: mkdir -p .dev-lead/tmaE/kernels; (echo
+# '#define DASH_PF_EARLY 1'; cat .dev-lead/tma/kernels/decode.cu) > .dev-lead/tmaE/kernels/decode.cu
+# and common.cuh beside it; cp docs/wip/next-run.sh scripts/.run-next.sh; then run
 # `PART=1 bash scripts/.run-next.sh` and `PART=2 bash scripts/.run-next.sh` with carry
-# [".dev-lead", "scripts/.run-next.sh"] (42 MB), timeout_s 600.
+# [".dev-lead", "scripts/.run-next.sh"] (43 MB), timeout_s 600.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 export DASHATTN_CACHE_DIR=/tmp/dashattn-cache
@@ -39,12 +43,12 @@ tests() {
 }
 if [ "${PART:-1}" = 1 ]; then
     tests tma 200 DASHATTN_DEC_PF_REQUIRE=1
-    tests warm 200 -
     ABBIN=$(mktemp -d)
     ab() { el "harness $*"; BIN=$ABBIN OUT=$OUT/ab HENV_warm0="RING=1 WARM=0" HENV_tma0="RING=1 PFMB=0" bash scripts/microbench/ab_trace.sh "$@" | tee -a $OUT/log.txt; }
-    RUNS=2 ab base=.dev-lead/base warm=.dev-lead/warm warm0=.dev-lead/warm tma=.dev-lead/tma tma0=.dev-lead/tma -- 131072 0.5,2,8 1
-    RUNS=1 ab base=.dev-lead/base warm=.dev-lead/warm tma=.dev-lead/tma -- 131072 0.5,2,8 8
+    RUNS=2 ab base=.dev-lead/base warm=.dev-lead/warm warm0=.dev-lead/warm tma=.dev-lead/tma tma0=.dev-lead/tma tmaE=.dev-lead/tmaE -- 131072 0.5,2,8 1
+    RUNS=1 ab base=.dev-lead/base warm=.dev-lead/warm tma=.dev-lead/tma tmaE=.dev-lead/tmaE -- 131072 0.5,2,8 8
     RUNS=1 ab base=.dev-lead/base warm=.dev-lead/warm tma=.dev-lead/tma -- 1048576 0.5,8 1
+    tests warm 200 -
 else
     tests warm 80 DASHATTN_DEC_WARM=0 gpu_decode_matches gpu_decode_mergers
     tests tma 80 DASHATTN_DEC_PF_MB=0 gpu_decode_matches gpu_decode_mergers
