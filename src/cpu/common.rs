@@ -141,45 +141,76 @@ pub fn select_blocks<A: Real>(
     tau
 }
 
-/// Fine stage for one head at position t (SPEC 3.4): online softmax over the keys of
-/// `blocks` (block, log-prior). Writes the normalised output into `out` and returns lse
-/// (-inf and a zero output when no key is attended).
+/// A row of D elements at `p` as accumulation values: the storage itself when the two types
+/// are one, else converted into `buf`.
+///
+/// # Safety
+/// `p` must point to `buf.len()` readable elements that outlive the returned slice.
+#[inline]
+unsafe fn row_at<'a, A: Real, E: Elem>(p: *const E, buf: &'a mut [A]) -> &'a [A] {
+    if std::any::TypeId::of::<A>() == std::any::TypeId::of::<E>() {
+        std::slice::from_raw_parts(p as *const A, buf.len())
+    } else {
+        crate::cpu::real::load_row(p, buf);
+        buf
+    }
+}
+
+/// Fine stage for the heads of one selection unit at position t (SPEC 3.4): for each head h
+/// (query qs[h]) an online softmax over the keys of `blocks` (block, log-prior), each key's
+/// and value's row read once for all the heads. Head h's normalised output goes to
+/// out[h * D..(h + 1) * D] and its lse to lse[h] (-inf and a zero output when no key is
+/// attended). Each head's arithmetic, in its order, is that of one head's softmax alone, so
+/// the results do not depend on how many heads share the call. `row` holds D values, `st`
+/// is scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn attend<A: Real, E: Elem, K: KeyValues<E>>(
     geo: &Geometry,
     t: i64,
-    q: &[A],
+    qs: &[&[A]],
     kv: &K,
     blocks: &[(usize, A)],
     sigma: A,
     row: &mut [A],
+    st: &mut Vec<A>,
     out: &mut [A],
-) -> A {
-    let mut m = A::NEG_INF;
-    let mut l = A::ZERO;
-    out.iter_mut().for_each(|x| *x = A::ZERO);
+    lse: &mut [A],
+) {
+    let (nh, d) = (qs.len(), row.len());
+    st.clear();
+    st.resize(3 * nh, A::ZERO);
+    let (m, rest) = st.split_at_mut(nh);
+    let (l, p) = rest.split_at_mut(nh);
+    m.iter_mut().for_each(|x| *x = A::NEG_INF);
+    out[..nh * d].iter_mut().for_each(|x| *x = A::ZERO);
     for &(j, beta) in blocks {
         for i in geo.keys(j, t) {
-            unsafe { crate::cpu::real::load_row(kv.key(i), row) };
-            let s = sigma * dot(q, row) + beta;
-            if s > m {
-                let scale = (m - s).exp();
-                l *= scale;
-                out.iter_mut().for_each(|x| *x *= scale);
-                m = s;
+            let kr = unsafe { row_at(kv.key(i), row) };
+            for h in 0..nh {
+                let s = sigma * dot(qs[h], kr) + beta;
+                if s > m[h] {
+                    let scale = (m[h] - s).exp();
+                    l[h] *= scale;
+                    out[h * d..(h + 1) * d].iter_mut().for_each(|x| *x *= scale);
+                    m[h] = s;
+                }
+                p[h] = (s - m[h]).exp();
+                l[h] += p[h];
             }
-            let p = (s - m).exp();
-            l += p;
-            unsafe { crate::cpu::real::load_row(kv.value(i), row) };
-            crate::cpu::real::axpy(out, p, row);
+            let vr = unsafe { row_at(kv.value(i), row) };
+            for h in 0..nh {
+                crate::cpu::real::axpy(&mut out[h * d..(h + 1) * d], p[h], vr);
+            }
         }
     }
-    if l > A::ZERO {
-        let inv = A::ONE / l;
-        out.iter_mut().for_each(|x| *x *= inv);
-        m + l.ln()
-    } else {
-        A::NEG_INF
+    for h in 0..nh {
+        lse[h] = if l[h] > A::ZERO {
+            let inv = A::ONE / l[h];
+            out[h * d..(h + 1) * d].iter_mut().for_each(|x| *x *= inv);
+            m[h] + l[h].ln()
+        } else {
+            A::NEG_INF
+        };
     }
 }
 
@@ -310,5 +341,97 @@ impl Scratch {
         s.iter_mut().for_each(|x| *x = A::ZERO);
         let _ = &self.owned;
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::real::{axpy, load_row};
+
+    /// Rows of a [L, D] buffer.
+    struct Rows<E> {
+        k: Vec<E>,
+        v: Vec<E>,
+        d: usize,
+    }
+    impl<E: Elem> KeyValues<E> for Rows<E> {
+        fn key(&self, i: usize) -> *const E {
+            self.k[i * self.d..].as_ptr()
+        }
+        fn value(&self, i: usize) -> *const E {
+            self.v[i * self.d..].as_ptr()
+        }
+    }
+
+    /// One head's online softmax, key by key (the form attend had before it took several
+    /// heads): attend must give each head exactly these bits.
+    fn one_head<A: Real, E: Elem, K: KeyValues<E>>(geo: &Geometry, t: i64, q: &[A], kv: &K, blocks: &[(usize, A)], sigma: A, out: &mut [A]) -> A {
+        let (mut m, mut l) = (A::NEG_INF, A::ZERO);
+        let mut row = vec![A::ZERO; q.len()];
+        out.iter_mut().for_each(|x| *x = A::ZERO);
+        for &(j, beta) in blocks {
+            for i in geo.keys(j, t) {
+                unsafe { load_row(kv.key(i), &mut row) };
+                let s = sigma * dot(q, &row) + beta;
+                if s > m {
+                    let scale = (m - s).exp();
+                    l *= scale;
+                    out.iter_mut().for_each(|x| *x *= scale);
+                    m = s;
+                }
+                let p = (s - m).exp();
+                l += p;
+                unsafe { load_row(kv.value(i), &mut row) };
+                axpy(out, p, &row);
+            }
+        }
+        if l > A::ZERO {
+            let inv = A::ONE / l;
+            out.iter_mut().for_each(|x| *x *= inv);
+            m + l.ln()
+        } else {
+            A::NEG_INF
+        }
+    }
+
+    fn check<A: Real, E: Elem>(seed: u64) {
+        let (lk, d, bs, nh) = (333usize, 64usize, 32usize, 4usize);
+        let mut x = seed;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        };
+        let kv = Rows { k: (0..lk * d).map(|_| E::from_f64(rnd())).collect::<Vec<E>>(), v: (0..lk * d).map(|_| E::from_f64(rnd())).collect(), d };
+        let qv: Vec<A> = (0..nh * d).map(|_| A::of(3.0 * rnd())).collect();
+        let qs: Vec<&[A]> = (0..nh).map(|h| &qv[h * d..(h + 1) * d]).collect();
+        let geo = Geometry::new(1, lk, bs, 1, true);
+        let t = lk as i64 - 1;
+        // blocks in no particular order, the partial last one local (log-prior 0)
+        let blocks: Vec<(usize, A)> = vec![(7, A::of(-0.3)), (2, A::of(-1.7)), (0, A::of(-0.01)), (9, A::of(-4.0)), (10, A::ZERO)];
+        let (mut row, mut st, mut out, mut lse) = (vec![A::ZERO; d], Vec::new(), vec![A::ZERO; nh * d], vec![A::ZERO; nh]);
+        attend::<A, E, _>(&geo, t, &qs, &kv, &blocks, A::of(0.125), &mut row, &mut st, &mut out, &mut lse);
+        let mut one = vec![A::ZERO; d];
+        for h in 0..nh {
+            let l1 = one_head::<A, E, _>(&geo, t, qs[h], &kv, &blocks, A::of(0.125), &mut one);
+            assert_eq!(lse[h].f64().to_bits(), l1.f64().to_bits(), "lse of head {h}");
+            for (a, b) in out[h * d..(h + 1) * d].iter().zip(&one) {
+                assert_eq!(a.f64().to_bits(), b.f64().to_bits(), "o of head {h}");
+            }
+        }
+        // no key attended: lse -inf, o zero
+        attend::<A, E, _>(&geo, t, &qs, &kv, &[], A::of(0.125), &mut row, &mut st, &mut out, &mut lse);
+        assert!(lse.iter().all(|&l| l == A::NEG_INF) && out.iter().all(|&o| o == A::ZERO));
+    }
+
+    #[test]
+    fn attend_heads_together_equals_one_head_at_a_time_bitwise() {
+        check::<f32, f32>(0x9e3779b97f4a7c15);
+        check::<f64, f32>(0x2545f4914f6cdd1d);
+        check::<f64, f64>(0x369dea0f31a53f85);
+        check::<f32, half::bf16>(0xdb4f0b9175ae2165);
+        check::<f32, half::f16>(0x94d049bb133111eb);
     }
 }

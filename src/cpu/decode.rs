@@ -122,7 +122,8 @@ pub fn decode<A: Real, E: Elem>(threads: usize, cfg: &Config, dd: &DecodeDims, a
         let (mut cand, mut local, mut z, mut sel) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut blocks: Vec<(usize, A)> = Vec::new();
         let mut qrows = vec![A::ZERO; g * d];
-        let (mut row, mut out) = (vec![A::ZERO; d], vec![A::ZERO; d]);
+        let mut row = vec![A::ZERO; d];
+        let (mut out, mut lse, mut st) = (vec![A::ZERO; g * d], vec![A::ZERO; g], Vec::new());
         for r in 0..q_len {
             let t = geo.position(r);
             geo.blocks(t, &mut cand, &mut local);
@@ -136,16 +137,17 @@ pub fn decode<A: Real, E: Elem>(threads: usize, cfg: &Config, dd: &DecodeDims, a
                 blocks.clear();
                 blocks.extend_from_slice(&sel);
                 blocks.extend(local.iter().map(|&j| (j, A::ZERO)));
+                attend::<A, E, _>(&geo, t, &qs, &kv, &blocks, sigma, &mut row, &mut st, &mut out, &mut lse);
                 for gi in h0..h0 + hpu {
                     let h = hk * g + gi;
-                    let lse = attend::<A, E, _>(&geo, t, qs[gi - h0], &kv, &blocks, sigma, &mut row, &mut out);
+                    let (o_h, lse_h) = (&out[(gi - h0) * d..(gi - h0 + 1) * d], lse[gi - h0]);
                     unsafe {
                         let o = a.o.ptr_at::<E>(&[b, r, h, 0]);
-                        for (x, &v) in out.iter().enumerate() {
+                        for (x, &v) in o_h.iter().enumerate() {
                             *o.add(x) = v.store::<E>();
                         }
                         if let Some(l) = &a.lse {
-                            store_stat(l, &[b, h, r], lse.f64());
+                            store_stat(l, &[b, h, r], lse_h.f64());
                         }
                     }
                 }

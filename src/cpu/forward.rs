@@ -68,7 +68,7 @@ pub fn forward<A: Real, E: Elem>(threads: usize, cfg: &Config, dims: &AttnDims, 
         let mut blocks: Vec<(usize, A)> = Vec::new();
         let mut qrows = vec![A::ZERO; g * d];
         let mut row = vec![A::ZERO; d];
-        let mut out = vec![A::ZERO; d];
+        let (mut out, mut lse, mut st) = (vec![A::ZERO; g * d], vec![A::ZERO; g], Vec::new());
         for r in chunk * ROWS_PER_ITEM..((chunk + 1) * ROWS_PER_ITEM).min(dims.lq) {
             let t = geo.position(r);
             geo.blocks(t, &mut cand, &mut local);
@@ -84,16 +84,17 @@ pub fn forward<A: Real, E: Elem>(threads: usize, cfg: &Config, dims: &AttnDims, 
                 blocks.clear();
                 blocks.extend_from_slice(&sel);
                 blocks.extend(local.iter().map(|&j| (j, A::ZERO)));
+                attend::<A, E, _>(&geo, t, &qs, &kv, &blocks, sigma, &mut row, &mut st, &mut out, &mut lse);
                 for gi in h0..h0 + heads_per_unit {
                     let h = hk * g + gi;
-                    let lse = attend::<A, E, _>(&geo, t, qs[gi - h0], &kv, &blocks, sigma, &mut row, &mut out);
+                    let (o_h, lse_h) = (&out[(gi - h0) * d..(gi - h0 + 1) * d], lse[gi - h0]);
                     unsafe {
                         let o = a.o.ptr_at::<E>(&[n, r, h, 0]);
-                        for (x, &v) in out.iter().enumerate() {
+                        for (x, &v) in o_h.iter().enumerate() {
                             *o.add(x) = v.store::<E>();
                         }
                         if let Some(l) = &a.lse {
-                            store_stat(l, &[n, h, r], lse.f64());
+                            store_stat(l, &[n, h, r], lse_h.f64());
                         }
                         if let Some(tt) = &a.tau {
                             store_stat(tt, &[n, h, r], tau);
