@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::cpu::real::{dot, Real};
+use crate::cpu::real::Real;
 use crate::dtype::Elem;
 use crate::entmax;
 use crate::error::{bail, Result};
@@ -108,11 +108,13 @@ impl<E: Elem> KeyValues<E> for StridedKv<'_> {
 pub fn coarse_scores<A: Real>(cand: &[usize], qs: &[&[A]], pooled: &[A], d: usize, sigma_c: f64, z: &mut Vec<f64>) {
     z.clear();
     let inv = sigma_c / qs.len() as f64;
+    let mut ds = vec![A::ZERO; qs.len()];
     for &j in cand {
         let kb = &pooled[j * d..(j + 1) * d];
+        crate::cpu::real::dots(qs, kb, &mut ds);  // (dot of each head, four heads at a time)
         let mut acc = A::ZERO;
-        for q in qs {
-            acc += dot(q, kb);
+        for &x in &ds {
+            acc += x;
         }
         z.push(acc.f64() * inv);
     }
@@ -379,7 +381,7 @@ impl Scratch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::real::{axpy, load_row};
+    use crate::cpu::real::{axpy, dot, load_row};
 
     /// Rows of a [L, D] buffer.
     struct Rows<E> {
@@ -456,6 +458,26 @@ mod tests {
         // no key attended: lse -inf, o zero
         attend::<A, E, _>(&geo, t, &qs, &kv, &[], A::of(0.125), &mut row, &mut st, &mut out, &mut lse);
         assert!(lse.iter().all(|&l| l == A::NEG_INF) && out.iter().all(|&o| o == A::ZERO));
+    }
+
+    #[test]
+    fn coarse_scores_equal_one_dot_at_a_time_bitwise() {
+        let d = 70;
+        let pooled: Vec<f32> = (0..9 * d).map(|i| ((i * 7919 % 263) as f32 - 131.0) / 37.0).collect();
+        for nh in [1, 4, 6] {
+            let qv: Vec<f32> = (0..nh * d).map(|i| ((i * 104729 % 211) as f32 - 105.0) / 29.0).collect();
+            let qs: Vec<&[f32]> = (0..nh).map(|h| &qv[h * d..(h + 1) * d]).collect();
+            let cand = [8, 0, 3, 5];
+            let mut z = Vec::new();
+            coarse_scores(&cand, &qs, &pooled, d, 0.3, &mut z);
+            for (zi, &j) in z.iter().zip(&cand) {
+                let mut acc = 0f32;
+                for q in &qs {
+                    acc += dot(q, &pooled[j * d..(j + 1) * d]);
+                }
+                assert_eq!(zi.to_bits(), (acc as f64 * (0.3 / nh as f64)).to_bits(), "block {j}, {nh} heads");
+            }
+        }
     }
 
     #[test]
